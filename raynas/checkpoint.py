@@ -1,0 +1,69 @@
+"""Supernet checkpoints: one directory, ``supernet.pt`` plus a readable ``space.yaml``.
+
+A checkpoint records the space (whole definition and fingerprint) and family it was trained
+for; loading it for another space fails with a clear error. Files hold tensors and plain
+Python values only, loaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from raynas.errors import CheckpointError
+from raynas.space import SearchSpace
+
+FILENAME = "supernet.pt"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(directory: str | Path, space: SearchSpace, model_state: dict,
+                    epoch: int, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``supernet.pt`` and ``space.yaml`` into ``directory``; return the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT_VERSION,
+        "space": space.to_dict(),
+        "fingerprint": space.fingerprint,
+        "family": space.family,
+        "epoch": epoch,
+        "model": model_state,
+        **(extra or {}),
+    }
+    tmp = directory / (FILENAME + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(directory / FILENAME)  # atomic: a crash never leaves half a checkpoint
+    (directory / "space.yaml").write_text(yaml.safe_dump(space.to_dict(), sort_keys=False))
+    return directory
+
+
+def load_checkpoint(path: str | Path, expected: SearchSpace | None = None) -> dict[str, Any]:
+    """Load a checkpoint directory (or its ``supernet.pt``).
+
+    With ``expected``, raise ``CheckpointError`` unless the checkpoint was trained for that
+    space (same family, model settings and dims). The result has ``space`` as a SearchSpace.
+    """
+    path = Path(path)
+    file = path / FILENAME if path.is_dir() else path
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r}: no {FILENAME} found there")
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, foreign pickle: say which file, not a traceback
+        raise CheckpointError(f"checkpoint {str(file)!r} cannot be read: "
+                              f"{str(exc).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {str(file)!r} is not a raynas supernet checkpoint")
+    space = SearchSpace.from_dict(payload["space"], source=str(file))
+    if expected is not None and space.fingerprint != expected.fingerprint:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was trained for space {space.name!r} "
+            f"(family {space.family}, fingerprint {space.fingerprint}); this job uses space "
+            f"{expected.name!r} (family {expected.family}, fingerprint {expected.fingerprint})"
+        )
+    payload["space"] = space
+    return payload

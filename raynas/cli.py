@@ -1,0 +1,267 @@
+"""``raynas``: the command line.
+
+Bad input exits with status 2 and one line on stderr naming the field, the value and what is
+allowed; success exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from raynas.errors import ConfigError, RaynasError
+
+_OVERRIDES_HELP = ("dotted.key=value overrides of the job file, e.g. train.epochs=5 "
+                   "search.budget=64 search.searcher=optuna_tpe")
+
+
+def _job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", metavar="JOB.yaml", help="job file (see jobs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="where pareto.parquet, pareto.png, the checkpoint and the exported "
+                        "subnet go (default: outputs/<job name>)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="raynas", formatter_class=fmt,
+        description="Train a weight-sharing supernet once on Ray, search its subnets for "
+                    "accuracy vs latency, export the winners.",
+        epilog="examples:\n"
+               "  raynas run jobs/quickstart.yaml                # train -> search -> export\n"
+               "  raynas run jobs/quickstart.yaml search.budget=64 train.epochs=5\n"
+               "  raynas spaces list\n"
+               "  mlflow ui --backend-store-uri sqlite:///mlruns.db   # browse the runs\n\n"
+               "Runs are tracked in MLflow: MLFLOW_TRACKING_URI if set, else the job's "
+               "tracking.uri,\nelse sqlite:///mlruns.db in the working directory.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run", formatter_class=fmt, help="train, search and export in one tracked job",
+        description="Train the supernet (Ray Train), search its subnets (Ray Tune + the "
+                    "shared evaluator actor), export the chosen subnet: one MLflow parent "
+                    "run with a child run per stage.",
+        epilog="example:\n  raynas run jobs/quickstart.yaml search.latency_budget_ms=0.5")
+    _job_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "train", formatter_class=fmt, help="train the supernet only",
+        description="Train the supernet of the job's space with Ray Train; prints the "
+                    "checkpoint directory and the MLflow run id for `raynas search`.",
+        epilog="examples:\n  raynas train jobs/quickstart.yaml train.epochs=30\n"
+               "  raynas train jobs/quickstart.yaml train.resume_from=outputs/quickstart/"
+               "checkpoint train.epochs=40")
+    _job_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "search", formatter_class=fmt, help="search a trained supernet",
+        description="Search the subnets of a trained supernet through Ray Tune; writes "
+                    "pareto.parquet and pareto.png.",
+        epilog="examples:\n  raynas search jobs/quickstart.yaml --checkpoint "
+               "outputs/quickstart/checkpoint\n"
+               "  raynas search jobs/quickstart.yaml --from-run <train run id> "
+               "search.searcher=optuna_tpe")
+    _job_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory")
+    src.add_argument("--from-run", metavar="RUN_ID", help="MLflow run id of a train stage")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "export", formatter_class=fmt, help="export a subnet as a static model",
+        description="Export one subnet as a plain torch model (state_dict + arch.json), "
+                    "TorchScript and ONNX, each checked against the supernet's output.",
+        epilog="examples:\n  raynas export jobs/quickstart.yaml --from-run <search run id>\n"
+               "  raynas export jobs/quickstart.yaml --from-run <search run id> --pick 0\n"
+               "  raynas export jobs/quickstart.yaml --checkpoint outputs/quickstart/"
+               "checkpoint --pareto outputs/quickstart/pareto.parquet\n"
+               "  raynas export jobs/quickstart.yaml --checkpoint outputs/quickstart/"
+               "checkpoint --arch arch.json")
+    _job_args(p)
+    p.add_argument("--from-run", metavar="RUN_ID", help="MLflow run id of a search stage "
+                   "(its Pareto front and checkpoint)")
+    p.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory")
+    p.add_argument("--pareto", metavar="FILE", help="pareto.parquet from a search")
+    p.add_argument("--arch", metavar="JSON|FILE", help="export this arch instead of a "
+                   "Pareto point (JSON text or a file holding it)")
+    p.add_argument("--pick", metavar="best|N", help="Pareto point: 'best' (highest "
+                   "accuracy within the latency budget) or its index, ordered by latency")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("spaces", formatter_class=fmt, help="list or show search spaces",
+                       description="Search spaces found in search_spaces/ (or "
+                                   "$RAYNAS_SPACES_DIR).",
+                       epilog="examples:\n  raynas spaces list\n  raynas spaces show digits_cnn")
+    spaces = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    spaces.add_parser("list", help="one line per space").set_defaults(func=cmd_spaces_list)
+    show = spaces.add_parser("show", help="dimensions of one space")
+    show.add_argument("name", help="space name or path to its YAML file")
+    show.set_defaults(func=cmd_spaces_show)
+    return parser
+
+
+def _load_job(args):
+    from raynas.config import load_config
+    from raynas.pipeline import Job
+
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    return Job(load_config(args.job, overrides))
+
+
+def _footer(job, run_id) -> None:
+    uri = job.tracker.uri if hasattr(job.tracker, "uri") else None
+    if uri:
+        print(f"[raynas] MLflow run {run_id} in {uri}\n"
+              f"[raynas] browse: mlflow ui --backend-store-uri {uri}")
+
+
+def cmd_run(args) -> int:
+    job = _load_job(args)
+    summary = job.run()
+    print(f"[raynas] done in {summary['wall_s']:.1f} s; outputs in {job.out}")
+    _footer(job, summary["parent_run_id"])
+    return 0
+
+
+def cmd_train(args) -> int:
+    job = _load_job(args)
+    checkpoint, run_id = job.train()
+    print(f"[raynas] next: raynas search {args.job} --from-run {run_id}")
+    _footer(job, run_id)
+    return 0
+
+
+def cmd_search(args) -> int:
+    from raynas.pipeline import checkpoint_from_run
+
+    job = _load_job(args)
+    train_id = args.from_run
+    checkpoint = (Path(args.checkpoint) if args.checkpoint else
+                  checkpoint_from_run(job.tracker, train_id, Path(tempfile.mkdtemp())))
+    summary = job.search(checkpoint, train_run_id=train_id)
+    print(f"[raynas] next: raynas export {args.job} --from-run {summary.run_id}")
+    _footer(job, summary.run_id)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from raynas.pipeline import checkpoint_from_run, front_from_run
+    from raynas.search.results import read_records
+
+    job = _load_job(args)
+    if not args.from_run and not args.checkpoint:
+        raise ConfigError("export needs --from-run RUN_ID, or --checkpoint DIR with "
+                          "--pareto FILE or --arch JSON")
+    tmp = Path(tempfile.mkdtemp())
+    checkpoint = (Path(args.checkpoint) if args.checkpoint
+                  else checkpoint_from_run(job.tracker, args.from_run, tmp))
+    pick = args.pick
+    if pick is not None and pick != "best":
+        try:
+            pick = int(pick)
+        except ValueError:
+            raise ConfigError(f"--pick = {pick!r}: use 'best' or an integer index") from None
+    if args.arch:
+        arch = job.space.validate(_read_arch(args.arch))
+        front, pick = [{"arch": arch.to_dict(), "accuracy": float("nan"),
+                        "latency_ms": float("nan")}], 0
+    elif args.pareto:
+        if not Path(args.pareto).is_file():
+            raise ConfigError(f"--pareto = {args.pareto!r}: file does not exist")
+        front = read_records(args.pareto)
+    elif args.from_run:
+        front = front_from_run(job.tracker, args.from_run, tmp)
+    else:
+        raise ConfigError("export with --checkpoint needs --pareto FILE or --arch JSON")
+    result = job.export(checkpoint, front, pick=pick)
+    print(f"[raynas] exported to {result['directory']}")
+    return 0
+
+
+def _read_arch(text: str) -> dict:
+    source = text
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise ConfigError(f"--arch = {text!r}: neither JSON nor an existing file")
+        source = path.read_text()
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--arch: not valid JSON ({exc.msg} at position {exc.pos})") \
+            from None
+    if isinstance(value, dict) and "arch" in value and isinstance(value["arch"], dict):
+        value = value["arch"]  # an exported arch.json works as is
+    return value
+
+
+def cmd_spaces_list(args) -> int:
+    from raynas.space import SearchSpace
+    from raynas.space.registry import list_spaces, spaces_dir
+
+    paths = list_spaces()
+    if not paths:
+        print(f"no search spaces found in {spaces_dir()}")
+        return 0
+    print(f"{'NAME':<20} {'FAMILY':<10} {'SUBNETS':>12}  FILE")
+    for path in paths:
+        try:
+            space = SearchSpace.load(path)
+        except RaynasError as exc:
+            print(f"{path.stem:<20} {'?':<10} {'invalid':>12}  {path}  ({exc})")
+            continue
+        size = space.size()
+        print(f"{space.name:<20} {space.family:<10} "
+              f"{(f'{size:,}' if size else 'infinite'):>12}  {path}")
+    return 0
+
+
+def cmd_spaces_show(args) -> int:
+    from raynas.space.registry import load_space
+
+    space = load_space(args.name)
+    size = space.size()
+    print(f"{space.name}  (family {space.family}, "
+          f"{f'{size:,}' if size else 'infinitely many'} subnets, "
+          f"encoding {space.encoding_size} floats, fingerprint {space.fingerprint})")
+    if space.description:
+        print(space.description)
+    if space.model:
+        print("model: " + ", ".join(f"{k}={v}" for k, v in space.model.items()))
+    print(f"{'DIMENSION':<16} {'TYPE':<10} VALUES (bounds inclusive)")
+    for d in space.dims:
+        spec = d.spec()
+        kind = spec.pop("type")
+        if kind == "per_layer":
+            text = f"{spec['values']} per layer, {spec['depth']} layers"
+        elif kind == "choice":
+            text = str(spec["values"])
+        else:
+            text = f"[{spec['low']}, {spec['high']}]" + (" log" if spec.get("log") else "")
+        print(f"{d.name:<16} {kind:<10} {text}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RaynasError as exc:
+        print(f"raynas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raynas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

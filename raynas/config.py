@@ -1,0 +1,235 @@
+"""Job configuration: frozen pydantic models, YAML loading, dotted overrides, clear errors.
+
+A job file (see ``jobs/``) names the space, the data and one section per stage. Every key
+has a default except ``name`` and ``space``. Overrides on the command line use dotted keys:
+``raynas run jobs/quickstart.yaml train.epochs=5 search.budget=64``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from raynas.errors import ConfigError, describe_value
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    name: Literal["digits", "parquet"] = "digits"
+    path: str | None = Field(None, description="Parquet file (name: parquet)")
+    label_column: str = "label"
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    seed: int = 0
+
+
+class RayConfig(_Section):
+    address: str | None = Field(
+        None, description="cluster to join; None starts an embedded local Ray "
+        "(unless RAY_ADDRESS is set, as under `ray job submit`)")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray")
+
+
+class TrackingConfig(_Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins")
+    experiment: str | None = Field(None, description="experiment name (default: job name)")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(20, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, description="per worker")
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-5, ge=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    warmup_epochs: int = Field(1, ge=0)
+    num_workers: int = Field(2, ge=1, description="Ray Train data-parallel workers")
+    cpus_per_worker: float = Field(1, gt=0)
+    use_gpu: bool = False
+    sampler: Literal["sandwich", "uniform"] = "sandwich"
+    num_subnets: int = Field(4, ge=1, le=16, description="subnets per step (sandwich: "
+                             "largest + smallest + the rest random)")
+    distill: Literal["kl", "none"] = "kl"
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    max_failures: int = Field(2, ge=0, description="worker failures survived by restarting "
+                              "from the latest checkpoint")
+    checkpoints_to_keep: int = Field(2, ge=1)
+    resume_from: str | None = Field(None, description="checkpoint directory to resume from")
+
+
+class EvaluatorConfig(_Section):
+    calib_batches: int = Field(2, ge=1, description="BN recalibration batches per subnet")
+    calib_batch_size: int = Field(256, ge=1)
+    num_cpus: float = Field(1, gt=0)
+
+
+class LatencyConfig(_Section):
+    target: str = Field("local-cpu", description="device name recorded with every latency")
+    batch_size: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1)
+    min_run_time_s: float = Field(0.02, gt=0, description="timing window per subnet")
+
+
+class SearchConfig(_Section):
+    searcher: str = "optuna_nsga2"
+    budget: int = Field(200, ge=1, description="subnets to evaluate")
+    subnets_per_trial: int = Field(16, ge=1, description="subnets each Tune trial evaluates")
+    max_concurrent_trials: int = Field(2, ge=1)
+    latency_budget_ms: float | None = Field(None, gt=0)
+    population_size: int = Field(32, ge=2, description="NSGA-II population")
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+
+
+class ExportConfig(_Section):
+    pick: Literal["best"] | int = Field(
+        "best", description="'best' (highest accuracy within the latency budget) or the "
+        "index of a Pareto point, ordered by latency")
+    formats: tuple[Literal["torchscript", "onnx"], ...] = ("torchscript", "onnx")
+    atol: float = Field(1e-4, gt=0, description="max |exported - supernet| output difference")
+
+
+class JobConfig(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    space: str
+    seed: int = 0
+    output_dir: str | None = None
+    data: DataConfig = DataConfig()
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    train: TrainConfig = TrainConfig()
+    latency: LatencyConfig = LatencyConfig()
+    search: SearchConfig = SearchConfig()
+    export: ExportConfig = ExportConfig()
+    base_dir: str = Field(".", description="directory relative paths start from (set by load)")
+
+    @property
+    def tracking_uri(self) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.tracking.uri or DEFAULT_TRACKING_URI
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.output_dir or Path("outputs") / self.name).resolve()
+
+    def resolved(self) -> dict[str, Any]:
+        """The full config with every default filled in (what gets logged)."""
+        return self.model_dump(mode="json")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.epochs=5", "search.searcher=optuna_tpe"]`` -> nested dict (YAML values)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r}: expected dotted.key=value, "
+                              f"e.g. train.epochs=5")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {pair!r}: {p} is set twice")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(merged.get(k), Mapping):
+            merged[k] = _merge(dict(merged[k]), v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: Any = JobConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type)
+                                 and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _format_error(err: dict[str, Any], source: str) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("literal[")))
+    where = ".".join(str(p) for p in loc) or "<top level>"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        allowed = ", ".join(k for k in (model.model_fields if model else {}) if k != "base_dir")
+        return f"{source}: {where}: unknown key; allowed keys here: {allowed}"
+    if err["type"] == "missing":
+        return f"{source}: {where}: required key is missing"
+    return f"{source}: {where} = {describe_value(value)}: {err['msg']}"
+
+
+def build_config(doc: Mapping[str, Any], source: str = "<config>",
+                 overrides: list[str] | None = None, base_dir: str | Path = ".") -> JobConfig:
+    """Validate a job document (plus overrides) into a ``JobConfig``; ConfigError if bad."""
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{source}: a job file must be a YAML mapping")
+    data = _merge(dict(doc), parse_overrides(overrides or []))
+    data["base_dir"] = str(Path(base_dir).resolve())
+    try:
+        cfg = JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc.errors()[0], source)) from None
+    _check_cross_fields(cfg, source)
+    return cfg
+
+
+def _check_cross_fields(cfg: JobConfig, source: str) -> None:
+    from raynas.search.registry import searcher_names  # registry is light: no ray import
+
+    if cfg.search.searcher not in searcher_names():
+        raise ConfigError(f"{source}: search.searcher = {cfg.search.searcher!r}: unknown; "
+                          f"choose one of {', '.join(searcher_names())}")
+    if cfg.data.name == "parquet" and not cfg.data.path:
+        raise ConfigError(f"{source}: data.path is required when data.name = 'parquet'")
+    if cfg.data.val_fraction + cfg.data.test_fraction >= 0.8:
+        raise ConfigError(f"{source}: data.val_fraction + data.test_fraction = "
+                          f"{cfg.data.val_fraction + cfg.data.test_fraction}: must be < 0.8")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read a job YAML file and apply dotted overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"job file {str(path)!r} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    return build_config(doc, str(path), overrides, base_dir=path.parent)
+
+
+def resolve_path(cfg: JobConfig, value: str) -> Path:
+    """A path from the config: as given if it exists (absolute or from the cwd), else relative
+    to the job file's directory."""
+    p = Path(value)
+    if p.is_absolute() or p.exists():
+        return p
+    return Path(cfg.base_dir) / p

@@ -1,0 +1,1 @@
+"""Search over subnets. Only this package imports ``ray.tune``."""

@@ -1,0 +1,1 @@
+"""Supernet training under Ray Train. Only this package imports ``ray.train``."""
