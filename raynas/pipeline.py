@@ -218,7 +218,7 @@ class Job:
             self.tracker.log_artifacts(result.directory, "subnet")
             if "torchscript" in result.files:
                 scripted = torch.jit.load(str(result.directory / result.files["torchscript"]))
-                self.tracker.log_model(scripted, "subnet",
+                self.tracker.log_model(scripted, "exported_subnet",
                                        evaluator.splits.x_test[:1].numpy())
             plot_pareto(front, front, self.out / "pareto.png",
                         title=f"{self.cfg.name}: exported subnet", chosen=chosen,

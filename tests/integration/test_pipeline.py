@@ -1,0 +1,144 @@
+"""End to end on the embedded default: real Ray (Train + Tune), real MLflow sqlite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from raynas.export.serialize import load_subnet
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "jobs" / "smoke.yaml"
+
+
+def _runs(client: MlflowClient, experiment: str) -> dict[str, list]:
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment!r} missing"
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_stage: dict[str, list] = {}
+    for run in runs:
+        by_stage.setdefault(run.data.tags.get("raynas.stage"), []).append(run)
+    return by_stage
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    return {a.path for a in client.list_artifacts(run_id, path)}
+
+
+def test_run_tracks_everything_in_mlflow(smoke_run):
+    client = MlflowClient(tracking_uri=smoke_run["uri"])
+    exp = client.get_experiment_by_name("smoke")
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    stages = _runs(client, "smoke")
+    (parent,) = stages["smoke"]
+    (train,) = stages["train"]
+    (search,) = stages["search"]
+    (export,) = stages["export"]
+    for child in (train, search, export):
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED"
+
+    # The resolved config is logged as params, with its defaults filled in.
+    assert parent.data.params["train.epochs"] == "2"
+    assert parent.data.params["search.searcher"] == "optuna_nsga2"
+    assert parent.data.params["train.sampler"] == "sandwich"
+    assert "config.yaml" in _artifacts(client, parent.info.run_id)
+
+    # Training curves: one point per epoch, logged from the Ray Train worker.
+    history = client.get_metric_history(train.info.run_id, "loss_largest")
+    assert sorted(m.step for m in history) == [0, 1]
+    assert "checkpoint" in _artifacts(client, train.info.run_id)
+    assert "checkpoint/supernet.pt" in _artifacts(client, train.info.run_id, "checkpoint")
+
+    # Search: every subnet as a metric row, the front and its plot as artifacts.
+    assert len(client.get_metric_history(search.info.run_id, "subnet_accuracy")) == 32
+    assert search.data.metrics["evaluated"] == 32
+    assert search.data.metrics["front_size"] >= 1
+    assert search.data.metrics["hypervolume"] > 0
+    assert {"pareto.parquet", "pareto.png", "evaluations.parquet"} <= _artifacts(
+        client, search.info.run_id)
+
+    # Export: metrics, the subnet files and a logged MLflow model linked to the run.
+    assert 0.0 < export.data.metrics["test_accuracy"] <= 1.0
+    assert export.data.metrics["max_abs_diff_onnx"] <= 1e-4
+    files = _artifacts(client, export.info.run_id, "subnet")
+    assert {"subnet/model.pt", "subnet/arch.json", "subnet/model.onnx",
+            "subnet/model.torchscript.pt"} <= files
+    models = client.search_logged_models(experiment_ids=[exp.experiment_id])
+    assert any(m.source_run_id == export.info.run_id for m in models)
+
+
+def test_run_writes_outputs_and_a_deployable_subnet(smoke_run):
+    out: Path = smoke_run["out"]
+    front = pq.read_table(out / "pareto.parquet").to_pylist()
+    assert front, "empty Pareto front"
+    latencies = [r["latency_ms"] for r in front]
+    assert latencies == sorted(latencies)
+    assert all(r["latency_target"] == "local-cpu" for r in front)
+    assert (out / "pareto.png").stat().st_size > 10_000
+
+    # The exported subnet loads without the supernet and agrees with every other format.
+    meta = json.loads((out / "subnet" / "arch.json").read_text())
+    assert meta["arch_key"] in {r["arch_key"] for r in front}
+    model = load_subnet(out / "subnet")
+    x = torch.randn(5, 1, 8, 8)
+    scripted = torch.jit.load(str(out / "subnet" / "model.torchscript.pt"))
+    with torch.no_grad():
+        assert torch.allclose(model(x), scripted(x), atol=1e-5)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out / "subnet" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert torch.allclose(model(x).detach(), torch.from_numpy(onnx_out), atol=1e-4)
+
+    # Progress went to the console, briefly.
+    assert "[raynas] train epoch 2/2" in smoke_run["stdout"]
+    assert "[raynas] search 32/32 subnets" in smoke_run["stdout"]
+    assert len(smoke_run["stdout"].splitlines()) < 60
+
+
+def test_stages_chain_by_run_id_and_respect_latency_budget(smoke_run, run_cli):
+    client = MlflowClient(tracking_uri=smoke_run["uri"])
+    (train,) = _runs(client, "smoke")["train"]
+    evaluated = pq.read_table(smoke_run["out"] / "evaluations.parquet").to_pylist()
+    budget = sorted(r["latency_ms"] for r in evaluated)[len(evaluated) // 2]
+
+    out = smoke_run["cwd"] / "chain-out"
+    proc = run_cli(["search", str(SMOKE), "--from-run", train.info.run_id, "--output-dir",
+                   str(out), "search.searcher=optuna_tpe", f"search.latency_budget_ms={budget}"],
+                  smoke_run["cwd"], smoke_run["uri"])
+    front = pq.read_table(out / "pareto.parquet").to_pylist()
+    assert front
+    assert all(r["latency_ms"] <= budget for r in front)
+    searches = [r for r in _runs(client, "smoke")["search"]
+                if r.data.tags.get("raynas.train_run_id") == train.info.run_id
+                and "mlflow.parentRunId" not in r.data.tags]  # the standalone stage
+    assert len(searches) == 1 and "--from-run" in proc.stdout
+
+    run_cli(["export", str(SMOKE), "--from-run", searches[0].info.run_id, "--pick", "0",
+            "--output-dir", str(out)], smoke_run["cwd"], smoke_run["uri"])
+    meta = json.loads((out / "subnet" / "arch.json").read_text())
+    assert meta["arch_key"] == front[0]["arch_key"]
+
+
+def test_train_resumes_from_checkpoint(smoke_run, run_cli):
+    checkpoint = smoke_run["out"] / "checkpoint"
+    out = smoke_run["cwd"] / "resume-out"
+    run_cli(["train", str(SMOKE), "--output-dir", str(out), "train.epochs=3",
+            f"train.resume_from={checkpoint}"], smoke_run["cwd"], smoke_run["uri"])
+    client = MlflowClient(tracking_uri=smoke_run["uri"])
+    trains = sorted(_runs(client, "smoke")["train"], key=lambda r: r.info.start_time)
+    resumed = trains[-1]
+    steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "loss_largest")]
+    assert steps == [2], f"resume should train only the third epoch, trained {steps}"
+    state = torch.load(out / "checkpoint" / "supernet.pt", weights_only=True)
+    assert state["epoch"] == 2
