@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -92,7 +92,7 @@ class SearchConfig(_Section):
 
 
 class ExportConfig(_Section):
-    pick: Literal["best"] | int = Field(
+    pick: Literal["best"] | Annotated[int, Field(ge=0)] = Field(
         "best", description="'best' (highest accuracy within the latency budget) or the "
         "index of a Pareto point, ordered by latency")
     formats: tuple[Literal["torchscript", "onnx"], ...] = ("torchscript", "onnx")
@@ -173,17 +173,31 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def _format_error(err: dict[str, Any], source: str) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("literal[")))
+def _is_union_tag(part: Any) -> bool:
+    # pydantic appends the union member it tried (``literal['best']``, ``int``,
+    # ``constrained-int``) to the location of each member's error.
+    return isinstance(part, str) and ("[" in part or "-" in part or part in (
+        "int", "float", "str", "bool", "list", "dict", "tuple", "none"))
+
+
+def _format_error(errors: list[dict[str, Any]], source: str) -> str:
+    first = errors[0]
+    loc = tuple(p for p in first["loc"] if not _is_union_tag(p))
     where = ".".join(str(p) for p in loc) or "<top level>"
-    value = err.get("input")
-    if err["type"] == "extra_forbidden":
+    value = first.get("input")
+    if first["type"] == "extra_forbidden":
         model = _model_at(loc)
         allowed = ", ".join(k for k in (model.model_fields if model else {}) if k != "base_dir")
         return f"{source}: {where}: unknown key; allowed keys here: {allowed}"
-    if err["type"] == "missing":
+    if first["type"] == "missing":
         return f"{source}: {where}: required key is missing"
-    return f"{source}: {where} = {describe_value(value)}: {err['msg']}"
+    # A union fails once per member: say what each member would have accepted.
+    messages = []
+    for err in errors:
+        if tuple(p for p in err["loc"] if not _is_union_tag(p)) == loc and \
+                err["msg"] not in messages:
+            messages.append(err["msg"])
+    return f"{source}: {where} = {describe_value(value)}: {'; or '.join(messages)}"
 
 
 def build_config(doc: Mapping[str, Any], source: str = "<config>",
@@ -196,7 +210,7 @@ def build_config(doc: Mapping[str, Any], source: str = "<config>",
     try:
         cfg = JobConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc.errors()[0], source)) from None
+        raise ConfigError(_format_error(exc.errors(), source)) from None
     _check_cross_fields(cfg, source)
     return cfg
 

@@ -39,8 +39,13 @@ def run_cli():
 @pytest.fixture(scope="session")
 def store(tmp_path_factory) -> dict:
     """A fresh working directory and MLflow sqlite store shared by the integration tests."""
+    import mlflow
+
     work = tmp_path_factory.mktemp("raynas-int")
-    return {"cwd": work, "uri": f"sqlite:///{work / 'mlruns.db'}"}
+    uri = f"sqlite:///{work / 'mlruns.db'}"
+    # Some MLflow client calls (logged-model artifacts) read the global URI, not the client's.
+    mlflow.set_tracking_uri(uri)
+    return {"cwd": work, "uri": uri}
 
 
 @pytest.fixture(scope="session")
