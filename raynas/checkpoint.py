@@ -56,7 +56,8 @@ def load_checkpoint(path: str | Path, expected: SearchSpace | None = None) -> di
     except Exception as exc:  # corrupt file, foreign pickle: say which file, not a traceback
         raise CheckpointError(f"checkpoint {str(file)!r} cannot be read: "
                               f"{str(exc).splitlines()[0]}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+    if (not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION
+            or not {"space", "model", "epoch"} <= payload.keys()):
         raise CheckpointError(f"checkpoint {str(file)!r} is not a raynas supernet checkpoint")
     space = SearchSpace.from_dict(payload["space"], source=str(file))
     if expected is not None and space.fingerprint != expected.fingerprint:

@@ -100,8 +100,17 @@ def _parser() -> argparse.ArgumentParser:
                                    "$RAYNAS_SPACES_DIR).",
                        epilog="examples:\n  raynas spaces list\n  raynas spaces show digits_cnn")
     spaces = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    spaces.add_parser("list", help="one line per space").set_defaults(func=cmd_spaces_list)
-    show = spaces.add_parser("show", help="dimensions of one space")
+    spaces.add_parser(
+        "list", help="one line per space", formatter_class=fmt,
+        description="One line per space file: name, family, number of subnets, path.",
+        epilog="example:\n  raynas spaces list\n  RAYNAS_SPACES_DIR=my_spaces raynas spaces list",
+    ).set_defaults(func=cmd_spaces_list)
+    show = spaces.add_parser(
+        "show", help="dimensions of one space", formatter_class=fmt,
+        description="The dimensions of one space, their types and allowed values "
+                    "(bounds inclusive).",
+        epilog="examples:\n  raynas spaces show digits_cnn\n"
+               "  raynas spaces show search_spaces/tiny_cnn.yaml")
     show.add_argument("name", help="space name or path to its YAML file")
     show.set_defaults(func=cmd_spaces_show)
     return parser
@@ -256,11 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come after options (`--from-run ID train.epochs=3`): argparse's
     # positional list stops at the first option, so collect the stragglers here.
     args, extra = parser.parse_known_args(argv)
-    stray = [x for x in extra if x.startswith("-") or "=" not in x
-             or not hasattr(args, "overrides")]
+    stray = [x for x in extra if x.startswith("-") or not hasattr(args, "overrides")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    if extra:
+    if extra:  # malformed ones get parse_overrides' one-line error, like those before options
         args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -50,10 +51,17 @@ class Job:
         if cfg.data.path and not resolve_path(cfg, cfg.data.path).is_file():
             raise ConfigError(f"data.path = {cfg.data.path!r}: file does not exist")
         self.out = cfg.out_dir
-        self.tracker = tracker or MlflowTracker(cfg.tracking_uri, cfg.experiment_name)
+        self._tracker = tracker
         self.objectives = DEFAULT_OBJECTIVES
         budget = cfg.search.latency_budget_ms
         self.constraints = (Constraint("latency_ms", budget),) if budget else ()
+
+    @property
+    def tracker(self) -> Tracker:
+        """The job's tracker, opened on first use (bad input fails before a store is made)."""
+        if self._tracker is None:
+            self._tracker = MlflowTracker(self.cfg.tracking_uri, self.cfg.experiment_name)
+        return self._tracker
 
     # ---- runs ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -102,6 +110,8 @@ class Job:
             if parent_id is None:
                 self._log_config()
             t = self.cfg.train
+            if t.resume_from:  # a wrong checkpoint fails here, not inside a Ray worker
+                load_checkpoint(resolve_path(self.cfg, t.resume_from), expected=self.space)
             say(f"train: supernet for space {self.space.name!r} ({self.space.size():,} "
                 f"subnets), {t.epochs} epochs on {t.num_workers} Ray Train workers")
             tracking = ({"uri": self.tracker.uri, "run_id": run_id}
@@ -181,7 +191,11 @@ class Job:
                                                  / front[0]["latency_ms"])
             self.tracker.log_metrics(metrics)
             self.tracker.log_params({"hypervolume.reference": reference})
-            for name in ("evaluations.parquet", "pareto.parquet", "pareto.png"):
+            summary = {**metrics, "hypervolume_reference": reference,
+                       "objectives": [[o.name, o.direction] for o in self.objectives],
+                       "latency_budget_ms": s.latency_budget_ms, "searcher": s.searcher}
+            (self.out / "search.json").write_text(json.dumps(summary, indent=2))
+            for name in ("evaluations.parquet", "pareto.parquet", "pareto.png", "search.json"):
                 self.tracker.log_artifact(self.out / name)
             say(f"search: {len(records)} subnets ({unique} unique) in {outcome.wall_s:.1f} s, "
                 f"Pareto front {len(front)} points -> {pareto_path}")

@@ -82,7 +82,8 @@ class OptunaSearcher(AskTellSearcher):
 
     Per-layer dimensions are suggested for every possible layer (``name[i]``) so the
     sampler sees a fixed-dimensional space; the Arch keeps the first ``depth`` of them.
-    Constraints go to the sampler's ``constraints_func`` (feasible iff all values <= 0).
+    Constraints are set on each trial (``Trial.set_constraint``; feasible iff all values
+    <= 0), which Optuna's samplers use for constrained domination.
     """
 
     def __init__(self, space, sampler, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0):
@@ -119,13 +120,9 @@ class OptunaSearcher(AskTellSearcher):
         if values is None:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
-        if self.constraints:
-            trial.set_user_attr("constraints", [c.violation(values) for c in self.constraints])
+        for c in self.constraints:  # feasible iff every value <= 0; samplers read them
+            trial.set_constraint(c.metric, c.violation(values))
         self.study.tell(trial, [float(values[o.name]) for o in self.objectives])
-
-
-def _constraints_func(frozen_trial) -> Sequence[float]:
-    return frozen_trial.user_attrs.get("constraints", [])
 
 
 @register_searcher("optuna_nsga2")
@@ -133,10 +130,7 @@ def _nsga2(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
            population_size: int = 32, **_):
     import optuna
 
-    sampler = optuna.samplers.NSGAIISampler(
-        population_size=population_size, seed=seed,
-        constraints_func=_constraints_func if constraints else None,
-    )
+    sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
     return OptunaSearcher(space, sampler, objectives, constraints, seed)
 
 
@@ -144,10 +138,7 @@ def _nsga2(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
 def _tpe(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0, **_):
     import optuna
 
-    sampler = optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, n_startup_trials=16,
-        constraints_func=_constraints_func if constraints else None,
-    )
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=16)
     return OptunaSearcher(space, sampler, objectives, constraints, seed)
 
 

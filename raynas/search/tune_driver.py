@@ -13,7 +13,6 @@ evaluator actor, or a replay table served the same way.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -31,41 +30,78 @@ from raynas.search.searchers import AskTellSearcher, Constraint, Objective
 
 
 class BatchSearcher(Searcher):
-    """Tune ``Searcher`` that hands out batches of archs from an ask/tell searcher."""
+    """Tune ``Searcher`` that hands out batches of archs from an ask/tell searcher.
 
-    def __init__(self, searcher: AskTellSearcher, budget: int, batch_size: int):
+    The budget counts distinct subnets. An arch the searcher proposes again is answered from
+    its known record (or, while it is still being evaluated, as soon as it is), so it costs
+    neither budget nor an evaluator call.
+    """
+
+    def __init__(self, searcher: AskTellSearcher, budget: int, batch_size: int,
+                 max_repeats: int = 50):
         super().__init__(metric=None, mode=None)
+        # Not named `searcher`: Tune unwraps wrapped searchers through that attribute.
         self._asktell, self.budget, self.batch_size = searcher, budget, batch_size
+        self.max_repeats = max_repeats  # asks per wanted arch before the space counts as spent
         self.suggested = 0
-        self._pending: dict[str, list[Any]] = {}
+        self._pending: dict[str, list[tuple[Any, str]]] = {}  # trial -> (token, arch key)
+        self._known: dict[str, dict[str, Any]] = {}  # arch key -> record
+        self._waiting: dict[str, list[Any]] = {}  # arch key in flight -> tokens asking again
+        self._exhausted = False
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         remaining = self.budget - self.suggested
         if remaining <= 0:
             return Searcher.FINISHED
-        asked = [self._asktell.ask() for _ in range(min(self.batch_size, remaining))]
-        self.suggested += len(asked)
-        self._pending[trial_id] = [token for token, _ in asked]
-        return {"archs": [arch.to_dict() for _, arch in asked]}
+        if self._exhausted:  # nothing new to propose; finish once in-flight work is told
+            return None if self._waiting else Searcher.FINISHED
+        want = min(self.batch_size, remaining)
+        batch: list[tuple[Any, Any]] = []
+        for _ in range(self.max_repeats * want):
+            token, arch = self._asktell.ask()
+            if arch.key in self._known:
+                self._asktell.tell(token, self._known[arch.key])
+            elif arch.key in self._waiting:
+                self._waiting[arch.key].append(token)
+            else:
+                self._waiting[arch.key] = []
+                batch.append((token, arch))
+                if len(batch) == want:
+                    break
+        else:
+            self._exhausted = True  # the searcher keeps proposing known archs
+        if not batch:
+            return Searcher.FINISHED if not self._waiting else None
+        self.suggested += len(batch)
+        self._pending[trial_id] = [(token, arch.key) for token, arch in batch]
+        return {"archs": [arch.to_dict() for _, arch in batch]}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        tokens = self._pending.pop(trial_id, [])
-        records = (result or {}).get("records") if not error else None
-        for i, token in enumerate(tokens):
-            self._asktell.tell(token, records[i] if records and i < len(records) else None)
-
+        records = {} if error or not result else {
+            r["arch_key"]: r for r in result.get("records") or []}
+        for token, key in self._pending.pop(trial_id, []):
+            record = records.get(key)
+            if record is not None:
+                self._known[key] = record
+            for t in [token, *self._waiting.pop(key, [])]:
+                self._asktell.tell(t, record)
 
     # Tune checkpoints the searcher with the experiment, so a resumed search continues the
     # same study instead of starting over.
     def get_state(self) -> dict[str, Any]:
         return {"asktell": self._asktell, "suggested": self.suggested,
-                "pending": dict(self._pending)}
+                "pending": dict(self._pending), "known": dict(self._known),
+                "waiting": {k: list(v) for k, v in self._waiting.items()},
+                "exhausted": self._exhausted}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._asktell = state["asktell"]
         self.suggested = state["suggested"]
         self._pending = dict(state["pending"])
+        self._known = dict(state["known"])
+        self._waiting = {k: list(v) for k, v in state["waiting"].items()}
+        self._exhausted = state["exhausted"]
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -143,7 +179,7 @@ def run_search(searcher: AskTellSearcher, evaluator, *, budget: int, subnets_per
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=batch_searcher,
-            num_samples=math.ceil(budget / subnets_per_trial),
+            num_samples=budget,  # an upper bound: the searcher says when it is done
             max_concurrent_trials=max_concurrent_trials,
             reuse_actors=True,
             trial_dirname_creator=lambda trial: f"batch_{trial.trial_id}",

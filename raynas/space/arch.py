@@ -16,13 +16,18 @@ class Arch(Mapping[str, Any]):
     ``SearchSpace.validate`` (checked) or ``Arch(dict)`` (unchecked, for trusted sources).
     """
 
-    __slots__ = ("_items", "_key")
+    __slots__ = ("_items", "_json", "_key")
 
     def __init__(self, values: Mapping[str, Any]):
         items = tuple(
             sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items())
         )
         object.__setattr__(self, "_items", items)
+        # Identity is the canonical JSON, so equal Archs always share one key (3 != 3.0 here,
+        # as in the key; SearchSpace.validate normalises values to the space's own).
+        text = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in items},
+                          sort_keys=True, separators=(",", ":"))
+        object.__setattr__(self, "_json", text)
         object.__setattr__(self, "_key", None)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -41,11 +46,11 @@ class Arch(Mapping[str, Any]):
         return len(self._items)
 
     def __hash__(self) -> int:
-        return hash(self._items)
+        return hash(self._json)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Arch):
-            return self._items == other._items
+            return self._json == other._json
         return NotImplemented
 
     def __repr__(self) -> str:
@@ -60,7 +65,7 @@ class Arch(Mapping[str, Any]):
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no spaces. Equal Archs give equal strings."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return self._json
 
     @classmethod
     def from_json(cls, text: str) -> Arch:
@@ -70,6 +75,6 @@ class Arch(Mapping[str, Any]):
     def key(self) -> str:
         """Stable 16-hex-digit id: the same in every process, Python version and run."""
         if self._key is None:
-            digest = hashlib.sha1(self.to_json().encode()).hexdigest()[:16]
+            digest = hashlib.sha1(self._json.encode()).hexdigest()[:16]
             object.__setattr__(self, "_key", digest)
         return self._key

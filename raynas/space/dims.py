@@ -92,7 +92,8 @@ class IntRange:
         return range(self.low, self.high + 1)
 
     def validate(self, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value != int(value)):
             raise ArchError(
                 f"arch dimension {self.name!r} = {describe_value(value)} is not an integer; "
                 f"allowed: integers in [{self.low}, {self.high}] (inclusive)"

@@ -257,7 +257,7 @@ def _parse_space(doc: Any, source: str) -> SearchSpace:
             dims.append(FloatRange(name, float(low), float(high), log))
     for name, spec in pending:
         depth = spec.get("depth")
-        if depth not in int_dims:
+        if not isinstance(depth, str) or depth not in int_dims:
             raise fail(f"dims.{name}.depth", depth,
                        f"must name an integer dimension; have: {', '.join(int_dims) or 'none'}")
         dims.append(PerLayer(name, depth, tuple(spec["values"]), int_dims[depth]))

@@ -1,0 +1,106 @@
+"""raynas.evaluation.evaluator.Evaluator, in-process (no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raynas.errors import ArchError, CheckpointError
+from raynas.evaluation import Evaluator
+from raynas.export import extract
+from raynas.latency import MeasuredLatency, count_flops, count_params
+from raynas.space import Arch
+
+KEYS = {"arch_key", "arch", "accuracy", "test_accuracy", "latency_ms", "latency_target",
+        "flops", "params", "eval_s"}
+
+
+@pytest.fixture(scope="module")
+def evaluator(tiny_checkpoint, tiny_space):
+    ev = Evaluator(str(tiny_checkpoint), {"name": "digits"}, {"min_run_time_s": 0.005},
+                   evaluator={"calib_batches": 1, "calib_batch_size": 128},
+                   expected_space=tiny_space.to_dict())
+    yield ev
+    torch.set_num_threads(1)
+
+
+def test_records(evaluator, tiny_space):
+    archs = [tiny_space.largest(), tiny_space.smallest(), tiny_space.sample(3)]
+    records = evaluator.evaluate([a.to_dict() for a in archs])
+    assert len(records) == 3
+    for arch, rec in zip(archs, records):
+        assert set(rec) == KEYS
+        assert rec["arch_key"] == arch.key and Arch(rec["arch"]) == arch
+        assert 0.0 <= rec["accuracy"] <= 1.0 and 0.0 <= rec["test_accuracy"] <= 1.0
+        assert rec["latency_ms"] > 0 and rec["latency_target"] == "local-cpu"
+        assert rec["eval_s"] > 0
+        assert isinstance(rec["flops"], int) and isinstance(rec["params"], int)
+    big, small = records[0], records[1]
+    assert big["params"] > small["params"] and big["flops"] > small["flops"]
+
+
+def test_params_and_flops_match_extracted_model(evaluator, tiny_space):
+    arch = tiny_space.sample(5)
+    rec = evaluator.evaluate([arch])[0]
+    static = extract(evaluator.supernet, tiny_space, arch)
+    assert rec["params"] == count_params(static)
+    assert rec["flops"] == count_flops(static, torch.zeros(1, 1, 8, 8))
+
+
+def test_cache_hit(evaluator, tiny_space):
+    arch = tiny_space.sample(11)
+    first = evaluator.evaluate([arch])[0]
+    size = evaluator.cache_size
+    calls = evaluator.calls
+    # the same arch, written as a differently ordered plain dict with lists
+    again = evaluator.evaluate([dict(reversed(list(arch.to_dict().items())))])[0]
+    assert again is first  # the cached record itself: nothing recomputed
+    assert evaluator.cache_size == size
+    assert evaluator.calls == calls + 1
+    new = next(a for a in (tiny_space.sample(i) for i in range(100, 200))
+               if a.key not in evaluator._cache)
+    evaluator.evaluate([new, arch])
+    assert evaluator.cache_size == size + 1
+
+
+def test_duplicate_in_one_call(evaluator, tiny_space):
+    arch = tiny_space.sample(21)
+    size = evaluator.cache_size
+    a, b = evaluator.evaluate([arch, arch])
+    assert a is b and evaluator.cache_size == size + 1
+
+
+def test_arch_outside_space(evaluator, tiny_space):
+    size = evaluator.cache_size
+    bad = {**tiny_space.largest().to_dict(), "s1_width": 12}
+    with pytest.raises(ArchError, match=r"'s1_width' = 12"):
+        evaluator.evaluate([bad])
+    with pytest.raises(ArchError, match="s3_depth"):
+        evaluator.evaluate([{**tiny_space.largest().to_dict(), "s3_depth": 1}])
+    assert evaluator.cache_size == size
+
+
+def test_prepare_matches_supernet(evaluator, tiny_space):
+    """After prepare, supernet (eval, recalibrated) and static subnet agree."""
+    arch = tiny_space.sample(31)
+    static = evaluator.prepare(arch)
+    x = evaluator.splits.x_val[:32]
+    with torch.no_grad():
+        assert (evaluator.supernet(x) - static(x)).abs().max().item() <= 1e-5
+    assert not evaluator.supernet.training
+
+
+def test_wrong_space(tiny_checkpoint, digits_space):
+    with pytest.raises(CheckpointError, match="'tiny_cnn'.*'digits_cnn'"):
+        Evaluator(str(tiny_checkpoint), {"name": "digits"}, {},
+                  expected_space=digits_space.to_dict())
+
+
+def test_measured_latency():
+    lat = MeasuredLatency("cpu-x", batch_size=2, min_run_time_s=0.005)
+    x = lat.example((1, 8, 8))
+    assert x.shape == (2, 1, 8, 8) and lat.example((1, 8, 8)) is x
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    before = torch.get_num_threads()
+    assert lat.measure_ms(model, (1, 8, 8)) > 0
+    assert torch.get_num_threads() == before  # restored

@@ -1,0 +1,71 @@
+"""raynas.search.results: evaluation records as Parquet tables."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pyarrow.parquet as pq
+import pytest
+
+from raynas.search.results import read_records, records_to_table, write_records
+from raynas.space import Arch
+
+
+def _records(space, n=25, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        arch = space.sample(rng)
+        out.append({"arch": arch.to_dict(), "accuracy": rng.random(),
+                    "test_accuracy": rng.random(), "latency_ms": rng.uniform(0.05, 2.0),
+                    "latency_target": "local-cpu", "flops": rng.randint(10**4, 10**6),
+                    "params": rng.randint(1000, 90000), "eval_s": 0.01 * i})
+    return out
+
+
+def test_round_trip(tmp_path, digits_space):
+    records = _records(digits_space)
+    path = write_records(tmp_path / "sub" / "evals.parquet", records, digits_space)
+    assert path.is_file()
+    back = read_records(path)
+    assert len(back) == len(records)
+    for orig, got in zip(records, back):
+        arch = Arch(orig["arch"])
+        assert got["arch"] == orig["arch"]
+        assert got["arch_key"] == arch.key
+        for k, v in orig.items():
+            if k != "arch":
+                expected = pytest.approx(v) if isinstance(v, float) else v
+                assert got[k] == expected, k
+        # no per-dimension columns leak into the record
+        assert not set(got) & set(digits_space.names)
+        assert digits_space.validate(got["arch"]) == arch
+
+
+def test_one_column_per_dimension(tmp_path, digits_space):
+    records = _records(digits_space, n=5)
+    path = write_records(tmp_path / "p.parquet", records, digits_space)
+    table = pq.read_table(path)
+    cols = table.column_names
+    assert cols[:2] == ["arch_key", "arch"]
+    assert cols[2:2 + len(digits_space.names)] == list(digits_space.names)
+    assert {"accuracy", "latency_ms", "flops", "params"} <= set(cols)
+    rows = table.to_pylist()
+    for rec, row in zip(records, rows):
+        assert row["s1_depth"] == rec["arch"]["s1_depth"]
+        assert row["s2_width"] == rec["arch"]["s2_width"]
+        assert json.loads(row["s3_kernel"]) == rec["arch"]["s3_kernel"]
+        assert json.loads(row["arch"]) == rec["arch"]
+    assert str(table.schema.field("s1_depth").type) == "int64"
+
+
+def test_arch_key_recomputed(digits_space):
+    rec = _records(digits_space, n=1)[0]
+    table = records_to_table([{**rec, "arch_key": "stale"}], digits_space)
+    assert table.column("arch_key").to_pylist() == [Arch(rec["arch"]).key]
+
+
+def test_empty(tmp_path, tiny_space):
+    path = write_records(tmp_path / "empty.parquet", [], tiny_space)
+    assert read_records(path) == []

@@ -1,0 +1,93 @@
+"""BatchSearcher driven with fake trials: no Ray cluster, no Tune loop."""
+
+from __future__ import annotations
+
+from ray.tune.search import Searcher
+
+from raynas.search.searchers import AskTellSearcher
+from raynas.search.tune_driver import BatchSearcher
+from raynas.space import Arch
+from raynas.space.registry import load_space
+
+
+class Scripted(AskTellSearcher):
+    """Proposes archs from a fixed list, in order, cycling; records every tell."""
+
+    def __init__(self, space, archs):
+        super().__init__(space)
+        self.archs, self.i, self.told = archs, 0, []
+
+    def ask(self):
+        arch = self.archs[self.i % len(self.archs)]
+        self.i += 1
+        return self.i, arch
+
+    def tell(self, token, values):
+        self.told.append((token, None if values is None else values["accuracy"]))
+
+
+def _record(arch_dict) -> dict:
+    arch = Arch(arch_dict)
+    return {"arch_key": arch.key, "arch": arch.to_dict(), "accuracy": arch["s1_depth"] / 10,
+            "latency_ms": 1.0}
+
+
+def _complete(searcher, trial_id, config):
+    searcher.on_trial_complete(trial_id, {"records": [_record(a) for a in config["archs"]]})
+
+
+def test_batches_respect_budget_and_tell_every_token():
+    space = load_space("tiny_cnn")
+    archs = [space.sample(i) for i in range(200)]
+    distinct = list(dict.fromkeys(archs))
+    inner = Scripted(space, distinct)
+    bs = BatchSearcher(inner, budget=10, batch_size=4)
+    configs = [bs.suggest(f"t{i}") for i in range(3)]
+    assert [len(c["archs"]) for c in configs] == [4, 4, 2]
+    assert bs.suggest("t3") is Searcher.FINISHED
+    for i, c in enumerate(configs):
+        _complete(bs, f"t{i}", c)
+    assert sorted(t for t, _ in inner.told) == list(range(1, 11))
+
+
+def test_repeated_archs_cost_no_budget_and_are_answered():
+    space = load_space("tiny_cnn")
+    a, b, c = space.largest(), space.smallest(), space.sample(3)
+    inner = Scripted(space, [a, a, b, a, c, b, c])  # repeats, some while in flight
+    bs = BatchSearcher(inner, budget=3, batch_size=2)
+    first = bs.suggest("t0")
+    assert [Arch(x) for x in first["archs"]] == [a, b]  # the second `a` waits for the first
+    _complete(bs, "t0", first)
+    second = bs.suggest("t1")
+    assert [Arch(x) for x in second["archs"]] == [c]  # known `a` and `b` answered at once
+    _complete(bs, "t1", second)
+    assert bs.suggest("t2") is Searcher.FINISHED
+    told = dict(inner.told)
+    assert told[2] == a["s1_depth"] / 10  # the repeat of `a` got a's record
+    assert None not in told.values()
+
+
+def test_failed_trial_tells_failure_and_exhausted_space_finishes():
+    space = load_space("tiny_cnn")
+    a = space.largest()
+    inner = Scripted(space, [a])  # only ever proposes one arch
+    bs = BatchSearcher(inner, budget=5, batch_size=2, max_repeats=3)
+    config = bs.suggest("t0")
+    assert [Arch(x) for x in config["archs"]] == [a]
+    bs.on_trial_complete("t0", None, error=True)
+    assert inner.told[0] == (1, None)
+    bs.suggest("t1")  # `a` may be retried after a failure
+    _complete(bs, "t1", {"archs": [a.to_dict()]})
+    assert bs.suggest("t2") is Searcher.FINISHED
+
+
+def test_state_round_trip_keeps_progress():
+    space = load_space("tiny_cnn")
+    inner = Scripted(space, [space.sample(i) for i in range(50)])
+    bs = BatchSearcher(inner, budget=6, batch_size=3)
+    bs.suggest("t0")
+    other = BatchSearcher(Scripted(space, [space.largest()]), budget=6, batch_size=3)
+    other.set_state(bs.get_state())
+    assert other.suggested == 3
+    assert len(other.suggest("t1")["archs"]) == 3
+    assert other.suggest("t2") is Searcher.FINISHED
