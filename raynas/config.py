@@ -230,14 +230,10 @@ def _check_cross_fields(cfg: JobConfig, source: str) -> None:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
     """Read a job YAML file and apply dotted overrides."""
+    from raynas.space.space import read_yaml
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"job file {str(path)!r} does not exist")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return build_config(doc, str(path), overrides, base_dir=path.parent)
+    return build_config(read_yaml(path, "job file"), str(path), overrides, base_dir=path.parent)
 
 
 def resolve_path(cfg: JobConfig, value: str) -> Path:

@@ -32,6 +32,11 @@ def _same_value(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _range_error(dim, value: Any, problem: str, kind: str) -> ArchError:
+    return ArchError(f"arch dimension {dim.name!r} = {describe_value(value)} {problem}; "
+                     f"allowed: {kind} in [{dim.low}, {dim.high}] (inclusive)")
+
+
 @dataclass(frozen=True)
 class Choice:
     """One value out of a list: numbers or strings (``type: choice``)."""
@@ -94,15 +99,9 @@ class IntRange:
     def validate(self, value: Any) -> int:
         if (isinstance(value, bool) or not isinstance(value, (int, float))
                 or not math.isfinite(value) or value != int(value)):
-            raise ArchError(
-                f"arch dimension {self.name!r} = {describe_value(value)} is not an integer; "
-                f"allowed: integers in [{self.low}, {self.high}] (inclusive)"
-            )
+            raise _range_error(self, value, "is not an integer", "integers")
         if not self.low <= value <= self.high:
-            raise ArchError(
-                f"arch dimension {self.name!r} = {describe_value(value)} is out of range; "
-                f"allowed: integers in [{self.low}, {self.high}] (inclusive)"
-            )
+            raise _range_error(self, value, "is out of range", "integers")
         return int(value)
 
     def cardinality(self) -> int:
@@ -144,15 +143,9 @@ class FloatRange:
 
     def validate(self, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ArchError(
-                f"arch dimension {self.name!r} = {describe_value(value)} is not a number; "
-                f"allowed: floats in [{self.low}, {self.high}] (inclusive)"
-            )
+            raise _range_error(self, value, "is not a number", "floats")
         if not self.low <= value <= self.high:
-            raise ArchError(
-                f"arch dimension {self.name!r} = {describe_value(value)} is out of range; "
-                f"allowed: floats in [{self.low}, {self.high}] (inclusive)"
-            )
+            raise _range_error(self, value, "is out of range", "floats")
         return float(value)
 
     def cardinality(self) -> None:

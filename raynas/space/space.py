@@ -170,14 +170,18 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"search space file {str(path)!r} does not exist")
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
-        return _parse_space(doc, str(path))
+        return _parse_space(read_yaml(path, "search space file"), str(path))
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """Parse a YAML file; ConfigError (not a traceback) if it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
 
 
 def _parse_space(doc: Any, source: str) -> SearchSpace:
