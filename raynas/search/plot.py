@@ -28,7 +28,8 @@ def plot_pareto(records: Sequence[Mapping[str, Any]], front: Sequence[Mapping[st
     if chosen is not None:
         ax.scatter([chosen["latency_ms"]], [chosen["accuracy"]], s=140, marker="*",
                    c="gold", edgecolors="k", zorder=5, label="exported")
-    ax.set_xlabel(f"latency (ms, {target})")
+    ax.set_xscale("log")  # latencies span several times; a few slow outliers stay readable
+    ax.set_xlabel(f"latency (ms, {target}, log scale)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
