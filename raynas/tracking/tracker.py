@@ -161,10 +161,23 @@ class MlflowTracker(Tracker):
 
         # Naming the requirement skips MLflow's slow inference of the environment.
         requirements = [f"torch=={torch.__version__.split('+')[0]}"]
-        with self._mlflow.start_run(run_id=self.run_id, nested=True):
-            info = mlflow.pytorch.log_model(model, name=name, input_example=input_example,
-                                            pip_requirements=requirements,
-                                            serialization_format="pickle")
+        import logging
+        import warnings
+
+        # raynas logs TorchScript archives (torch.jit.save, no pickled Python classes), so
+        # MLflow's pickle warnings do not apply. Its "pt2" format would pin the batch size.
+        quiet = logging.getLogger("mlflow.pytorch")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings(), \
+                    self._mlflow.start_run(run_id=self.run_id, nested=True):
+                warnings.simplefilter("ignore")
+                info = mlflow.pytorch.log_model(model, name=name, input_example=input_example,
+                                                pip_requirements=requirements,
+                                                serialization_format="pickle")
+        finally:
+            quiet.setLevel(level)
         return info.model_uri
 
     def download_artifacts(self, run_id, path, dst):

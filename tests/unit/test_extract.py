@@ -236,3 +236,16 @@ def test_export_check_uses_supernet_arch(tmp_path, tiny_space, tiny_net):
                            formats=())
     assert result.checks["static"] <= 1e-5 and set(result.files) == {"state_dict"}
     assert not (tmp_path / "o" / "model.onnx").exists()
+
+
+def test_flop_count_matches_torch_flop_counter(digits_space):
+    from raynas.latency.measure import count_flops_reference
+
+    torch.manual_seed(0)
+    net = create_supernet(digits_space).eval()
+    x = torch.randn(1, 1, 8, 8)
+    rng = random.Random(5)
+    for arch in [digits_space.largest(), digits_space.smallest(),
+                 *(digits_space.sample(rng) for _ in range(5))]:
+        static = extract(net, digits_space, arch)
+        assert count_flops(static, x) == count_flops_reference(static, x) > 0
