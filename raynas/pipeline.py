@@ -96,7 +96,8 @@ class Job:
             with ray_session(self.cfg.ray.address, self.cfg.ray.num_cpus):
                 checkpoint, train_id = self.train(parent)
                 summary = self.search(checkpoint, parent, train_run_id=train_id)
-            exported = self.export(checkpoint, summary.front, parent)
+            exported = self.export(checkpoint, summary.front, parent,
+                                   records=summary.records)
             self.tracker.log_metrics({"job_wall_s": time.perf_counter() - t0})
         return {"parent_run_id": parent, "checkpoint": checkpoint, "front": summary.front,
                 "export": exported, "wall_s": time.perf_counter() - t0}
@@ -202,8 +203,13 @@ class Job:
         return SearchSummary(records, front, pareto_path, run_id)
 
     def export(self, checkpoint: str | Path, front: list[dict[str, Any]],
-               parent_id: str | None = None, pick: str | int | None = None) -> dict[str, Any]:
-        """Export the chosen Pareto point as a static model; check it against the supernet."""
+               parent_id: str | None = None, pick: str | int | None = None,
+               records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Export the chosen Pareto point as a static model; check it against the supernet.
+
+        ``records`` (every evaluated subnet, when at hand) keeps them in the replotted
+        ``pareto.png``, which adds a star at the exported point.
+        """
         import torch
 
         from raynas.evaluation.actor import evaluator_args
@@ -217,8 +223,8 @@ class Job:
             if parent_id is None:
                 self._log_config()
             evaluator = Evaluator(**evaluator_args(self.cfg, checkpoint, self.space))
-            record = evaluator.evaluate([arch])[0]
             static = evaluator.prepare(arch)
+            record = evaluator.score(arch, static)
             result = export_subnet(evaluator.supernet, static, self.space, arch,
                                    evaluator.splits.x_test[:256], self.out / "subnet",
                                    self.cfg.export.formats, self.cfg.export.atol)
@@ -234,7 +240,7 @@ class Job:
                 scripted = torch.jit.load(str(result.directory / result.files["torchscript"]))
                 self.tracker.log_model(scripted, "exported_subnet",
                                        evaluator.splits.x_test[:1].numpy())
-            plot_pareto(front, front, self.out / "pareto.png",
+            plot_pareto(records or front, front, self.out / "pareto.png",
                         title=f"{self.cfg.name}: exported subnet", chosen=chosen,
                         latency_budget_ms=self.cfg.search.latency_budget_ms)
             self.tracker.log_artifact(self.out / "pareto.png")

@@ -69,13 +69,19 @@ class Evaluator:
         if hit is not None:
             return hit
         t0 = time.perf_counter()
-        static = self.prepare(arch)
+        record = self.score(arch, self.prepare(arch))
+        record["eval_s"] = time.perf_counter() - t0
+        self._cache[arch.key] = record
+        return record
+
+    def score(self, arch: Arch, static: torch.nn.Module) -> dict[str, Any]:
+        """Metrics of ``static``, the subnet ``prepare(arch)`` returned (not cached)."""
         with torch.no_grad():
             val = float((static(self.splits.x_val).argmax(-1) == self.splits.y_val).float().mean())
             test = float((static(self.splits.x_test).argmax(-1) == self.splits.y_test)
                          .float().mean())
         example = self.latency.example(self.input_shape)
-        record = {
+        return {
             "arch_key": arch.key,
             "arch": arch.to_dict(),
             "accuracy": val,
@@ -85,9 +91,6 @@ class Evaluator:
             "flops": count_flops(static, example[:1]),
             "params": count_params(static),
         }
-        record["eval_s"] = time.perf_counter() - t0
-        self._cache[arch.key] = record
-        return record
 
     def prepare(self, arch: Arch) -> torch.nn.Module:
         """Recalibrate BN for ``arch`` and return its static subnet (eval mode).
