@@ -16,10 +16,11 @@ A space file (see ``search_spaces/``)::
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,24 @@ class SearchSpace:
             per_layer = math.prod(len(p.values) for p in layers)
             total *= sum(per_layer ** int(n) for n in depths)
         return total
+
+    def enumerate(self) -> Iterator[Arch]:
+        """Every Arch of a finite space, in a fixed order (raises for float dimensions)."""
+        if self.size() is None:
+            raise ConfigError(f"space {self.name!r} has a float dimension: it cannot be "
+                              "enumerated")
+        scalars = [d for d in self.dims if not isinstance(d, PerLayer)]
+        layered = [d for d in self.dims if isinstance(d, PerLayer)]
+
+        def options(d):
+            return list(d.values) if isinstance(d, Choice) else list(d.values())
+
+        for picks in itertools.product(*(options(d) for d in scalars)):
+            values = {d.name: v for d, v in zip(scalars, picks)}
+            per = [itertools.product(d.values, repeat=self._depth_of(d, values))
+                   for d in layered]
+            for layers in itertools.product(*per):
+                yield Arch({**values, **{d.name: tuple(v) for d, v in zip(layered, layers)}})
 
     # ---- identity and files ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
