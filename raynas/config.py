@@ -75,10 +75,27 @@ class EvaluatorConfig(_Section):
 
 
 class LatencyConfig(_Section):
+    model: Literal["measured", "lut", "predictor", "flops"] = Field(
+        "measured", description="where a subnet's latency comes from: timed on the target, "
+        "summed from a per-op lookup table, or predicted (learned model, or linear in FLOPs)")
     target: str = Field("local-cpu", description="device name recorded with every latency")
     batch_size: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)
     min_run_time_s: float = Field(0.02, gt=0, description="timing window per subnet")
+    resource: str | None = Field(
+        None, description="custom Ray resource of the node(s) that carry the target; "
+        "measurements run in an actor there (e.g. 'target:edge-cpu')")
+    table: str | None = Field(
+        None, description="Parquet cache of measured latencies (read, then extended)")
+    lut: str | None = Field(None, description="lookup table JSON (model: lut)")
+    predictor: str | None = Field(
+        None, description="fitted predictor file from `raynas latency fit` (model: "
+        "predictor or flops)")
+    drift_share: float = Field(
+        0.05, ge=0, le=1, description="share of subnets also measured when the model is not "
+        "'measured', to check its error during search")
+    drift_bound: float = Field(0.15, gt=0, description="mean relative error that warns")
+    drift_window: int = Field(20, ge=2, description="recent checked subnets the error averages")
 
 
 class SearchConfig(_Section):
@@ -87,7 +104,13 @@ class SearchConfig(_Section):
     subnets_per_trial: int = Field(16, ge=1, description="subnets each Tune trial evaluates")
     max_concurrent_trials: int = Field(2, ge=1)
     latency_budget_ms: float | None = Field(None, gt=0)
-    population_size: int = Field(32, ge=2, description="NSGA-II population")
+    latency_objective: bool = Field(
+        True, description="latency as a second objective (a Pareto front); false: maximise "
+        "accuracy alone under search.latency_budget_ms")
+    population_size: int = Field(32, ge=2, description="population of NSGA-II and evolution")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="searcher-specific settings, e.g. "
+        "{optimizer: NGOpt} for nevergrad, {parents_size: 8} for hat_evolution")
     evaluator: EvaluatorConfig = EvaluatorConfig()
 
 
@@ -223,6 +246,16 @@ def _check_cross_fields(cfg: JobConfig, source: str) -> None:
                           f"choose one of {', '.join(searcher_names())}")
     if cfg.data.name == "parquet" and not cfg.data.path:
         raise ConfigError(f"{source}: data.path is required when data.name = 'parquet'")
+    if not cfg.search.latency_objective and cfg.search.latency_budget_ms is None:
+        raise ConfigError(f"{source}: search.latency_objective = false needs "
+                          "search.latency_budget_ms (latency must be an objective or a budget)")
+    lat = cfg.latency
+    if lat.model == "lut" and not lat.lut:
+        raise ConfigError(f"{source}: latency.lut is required when latency.model = 'lut' "
+                          "(build one with `raynas latency profile JOB.yaml --lut`)")
+    if lat.model in ("predictor", "flops") and not lat.predictor:
+        raise ConfigError(f"{source}: latency.predictor is required when latency.model = "
+                          f"{lat.model!r} (fit one with `raynas latency fit TABLE`)")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 0.8:
         raise ConfigError(f"{source}: data.val_fraction + data.test_fraction = "
                           f"{cfg.data.val_fraction + cfg.data.test_fraction}: must be < 0.8")

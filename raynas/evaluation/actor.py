@@ -17,11 +17,20 @@ def evaluator_args(cfg: JobConfig, checkpoint: str | Path, space: SearchSpace) -
     return {
         "checkpoint": str(checkpoint),
         "data": data,
-        "latency": cfg.latency.model_dump(),
+        "latency": latency_args(cfg),
         "evaluator": cfg.search.evaluator.model_dump(),
         "expected_space": space.to_dict(),
         "threads": max(1, int(cfg.search.evaluator.num_cpus)),
     }
+
+
+def latency_args(cfg: JobConfig) -> dict:
+    """The latency section with its file paths made absolute (they cross processes)."""
+    lat = cfg.latency.model_dump()
+    for key in ("table", "lut", "predictor"):
+        if lat.get(key):
+            lat[key] = str(resolve_path(cfg, lat[key]).resolve())
+    return lat
 
 
 def create_evaluator_actor(cfg: JobConfig, checkpoint: str | Path, space: SearchSpace):

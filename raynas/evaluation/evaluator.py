@@ -20,6 +20,7 @@ from raynas.config import DataConfig, EvaluatorConfig, LatencyConfig
 from raynas.data import Splits, load_data
 from raynas.export import extract
 from raynas.latency import MeasuredLatency, count_flops, count_params
+from raynas.latency.models import LatencyModel, build_latency_model, build_measured
 from raynas.nn import recalibrate_batchnorm
 from raynas.space import Arch, SearchSpace
 from raynas.supernets import create_supernet, get_family
@@ -47,8 +48,12 @@ class Evaluator:
         self.splits: Splits = load_data(DataConfig(**data), self.input_shape)
         self.cfg = EvaluatorConfig(**(evaluator or {}))
         lat = LatencyConfig(**latency)
-        self.latency = MeasuredLatency(lat.target, lat.batch_size, lat.threads,
-                                       lat.min_run_time_s)
+        self.meter = MeasuredLatency(lat.target, lat.batch_size, lat.threads,
+                                     lat.min_run_time_s)
+        self.latency: LatencyModel = build_latency_model(lat, self.space, self.meter)
+        self.measured = (self.latency if self.latency.kind == "measured"
+                         else build_measured(lat, self.space, self.meter))
+        self.drift_share = lat.drift_share if self.latency.kind != "measured" else 0.0
         b = self.cfg.calib_batch_size
         self._calib = [self.splits.x_train[i * b:(i + 1) * b]
                        for i in range(self.cfg.calib_batches)]
@@ -74,23 +79,37 @@ class Evaluator:
         self._cache[arch.key] = record
         return record
 
-    def score(self, arch: Arch, static: torch.nn.Module) -> dict[str, Any]:
-        """Metrics of ``static``, the subnet ``prepare(arch)`` returned (not cached)."""
+    def score(self, arch: Arch, static: torch.nn.Module, measure: bool = False
+              ) -> dict[str, Any]:
+        """Metrics of ``static``, the subnet ``prepare(arch)`` returned (not cached).
+
+        ``measure``: also time it here (``latency_measured_ms``) whatever the latency model;
+        a seeded share (``latency.drift_share``) of subnets gets that anyway.
+        """
         with torch.no_grad():
             val = float((static(self.splits.x_val).argmax(-1) == self.splits.y_val).float().mean())
             test = float((static(self.splits.x_test).argmax(-1) == self.splits.y_test)
                          .float().mean())
-        example = self.latency.example(self.input_shape)
-        return {
+        example = self.meter.example(self.input_shape)
+        record = {
             "arch_key": arch.key,
             "arch": arch.to_dict(),
             "accuracy": val,
             "test_accuracy": test,
-            "latency_ms": self.latency.measure_ms(static, self.input_shape),
+            "latency_ms": self.latency.latency_ms(arch, static),
             "latency_target": self.latency.target,
+            "latency_model": self.latency.kind,
             "flops": count_flops(static, example[:1]),
             "params": count_params(static),
         }
+        if self.latency.node is not None:
+            record["latency_node"] = self.latency.node
+        if measure or _drift_pick(arch, self.drift_share):
+            # Also timed here, so the predicted value can be checked against the truth.
+            record["latency_measured_ms"] = (
+                record["latency_ms"] if self.latency.kind == "measured"
+                else self.measured.latency_ms(arch, static))
+        return record
 
     def prepare(self, arch: Arch) -> torch.nn.Module:
         """Recalibrate BN for ``arch`` and return its static subnet (eval mode).
@@ -106,3 +125,9 @@ class Evaluator:
     @property
     def cache_size(self) -> int:
         return len(self._cache)
+
+
+def _drift_pick(arch: Arch, share: float) -> bool:
+    """Whether ``arch`` is in the checked share: a pseudo-random but reproducible choice by
+    its key, so a rerun checks the same subnets."""
+    return share > 0 and int(arch.key[:8], 16) < share * 16**8

@@ -23,6 +23,19 @@ class Family:
     supernet: Callable[[SearchSpace], nn.Module]
     static: Callable[[dict, Arch], nn.Module]
     input_shape: Callable[[dict], tuple[int, ...]]  # one sample's shape, from model settings
+    # The subnet as a sequence of ops for latency lookup tables: (key, build, input shape).
+    # Equal keys mean the same computation on the same input shape.
+    ops: Callable[[dict, Arch], list[Op]] | None = None
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of a subnet for a latency lookup table: ``build()`` returns a module that runs
+    exactly that computation on an input of ``input_shape`` (one sample, no batch dim)."""
+
+    key: str
+    build: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -56,6 +69,15 @@ def create_supernet(space: SearchSpace) -> nn.Module:
 def build_static(space: SearchSpace, arch: Arch) -> nn.Module:
     """Build an untrained plain torch model of ``arch`` (weights come from a state dict)."""
     return get_family(space.family).static(dict(space.model), arch)
+
+
+def subnet_ops(space: SearchSpace, arch: Arch) -> list[Op]:
+    """``arch`` as its ops (for lookup-table latency); a clear error where a family has none."""
+    family = get_family(space.family)
+    if family.ops is None:
+        raise ConfigError(f"latency.model = 'lut': family {family.name!r} declares no ops; "
+                          "use 'measured' or 'predictor'")
+    return family.ops(dict(space.model), arch)
 
 
 def _load_builtin() -> None:

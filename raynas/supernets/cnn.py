@@ -12,6 +12,7 @@ Model settings (``model:`` in the space file): ``in_channels``, ``num_classes``,
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 from raynas.errors import ConfigError
 from raynas.nn import ElasticBatchNorm2d, ElasticConv2d, ElasticLinear
 from raynas.space import Arch, Choice, IntRange, PerLayer, SearchSpace
-from raynas.supernets import Family, register_family
+from raynas.supernets import Family, Op, register_family
 
 _MODEL_KEYS = ("in_channels", "num_classes", "image_size", "stem_width", "strides")
 
@@ -160,9 +161,57 @@ class StaticCNN(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
+class _Residual(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.inner(x)
+
+
+class _PoolLinear(nn.Module):
+    def __init__(self, cin: int, classes: int):
+        super().__init__()
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def _conv_op(cin: int, cout: int, k: int, s: int, residual: bool) -> nn.Module:
+    layer = ConvBNReLU(cin, cout, k, s)
+    return _Residual(layer) if residual else layer
+
+
+def _ops(model: dict[str, Any], arch: Arch) -> list[Op]:
+    """Stem, every conv layer (with its residual add after the first of a stage), pool+head."""
+    size = model["image_size"]
+    cin = model["stem_width"]
+    c0 = model["in_channels"]
+    ops = [Op(f"cnn.conv(c{c0}>{cin},k3,s1)@{size}",
+              functools.partial(_conv_op, c0, cin, 3, 1, residual=False), (c0, size, size))]
+    for i, stride in enumerate(model["strides"], start=1):
+        width = arch[f"s{i}_width"]
+        for j, k in enumerate(arch[f"s{i}_kernel"]):
+            s = stride if j == 0 else 1
+            a, b = (cin if j == 0 else width), width
+            key = f"cnn.conv(c{a}>{b},k{k},s{s})@{size}" + ("+res" if j else "")
+            build = functools.partial(_conv_op, a, b, k, s, residual=j > 0)
+            ops.append(Op(key, build, (a, size, size)))
+            if j == 0:
+                size = (size + 2 * (k // 2) - k) // s + 1
+        cin = width
+    classes = model["num_classes"]
+    ops.append(Op(f"cnn.head(c{cin}>{classes})@{size}",
+                  functools.partial(_PoolLinear, cin, classes), (cin, size, size)))
+    return ops
+
+
 register_family(Family(
     name="cnn",
     supernet=CNNSupernet,
     static=StaticCNN,
     input_shape=lambda m: (m["in_channels"], m["image_size"], m["image_size"]),
+    ops=_ops,
 ))

@@ -1,0 +1,154 @@
+"""Latency models: one interface (arch in, milliseconds on a named target out), four sources.
+
+- ``measured``   the static subnet timed on the target (this process, or an actor on the Ray
+                 node that carries ``latency.resource``), cached in a Parquet table;
+- ``lut``        the sum of per-op times from a lookup table profiled on the target;
+- ``predictor``  a learned model on the arch encoding (``raynas latency fit``);
+- ``flops``      FLOPs as a proxy, mapped to ms by a line fitted on measurements.
+
+The job picks one with ``latency.model``; the evaluator and the search never branch on it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from raynas.config import LatencyConfig
+from raynas.errors import ConfigError
+from raynas.latency.measure import MeasuredLatency, count_flops
+from raynas.latency.table import LatencyTable
+from raynas.space import Arch, SearchSpace
+
+
+class LatencyModel(ABC):
+    """``latency_ms(arch, static)``: ``static`` is the subnet's plain model when the caller
+    has it (measuring reuses it), else None."""
+
+    kind: str
+    unit = "ms"
+
+    def __init__(self, space: SearchSpace, target: str):
+        self.space, self.target = space, target
+        self.node: str | None = None  # where the last measurement ran, when remote
+
+    @abstractmethod
+    def latency_ms(self, arch: Arch, static: nn.Module | None = None) -> float: ...
+
+
+class MeasuredModel(LatencyModel):
+    kind = "measured"
+
+    def __init__(self, space: SearchSpace, meter: MeasuredLatency,
+                 table: LatencyTable | None = None, remote=None):
+        super().__init__(space, meter.target)
+        self.meter, self.table, self.remote = meter, table, remote
+        self.hits = 0
+
+    def latency_ms(self, arch, static=None):
+        m = self.meter
+        if self.table is not None:
+            cached = self.table.get(arch, m.target, m.batch_size, m.threads)
+            if cached is not None:
+                self.hits += 1
+                self.node = None
+                return cached
+        if self.remote is not None:
+            import ray
+
+            ms, self.node = ray.get(self.remote.measure.remote(arch.to_dict()))
+        else:
+            from raynas.supernets import build_static, get_family
+
+            model = static if static is not None else build_static(self.space, arch)
+            ms = m.measure_ms(model, get_family(self.space.family).input_shape(
+                dict(self.space.model)))
+        if self.table is not None:
+            self.table.add(arch, ms, m.target, m.batch_size, m.threads)
+        return ms
+
+
+class LUTModel(LatencyModel):
+    kind = "lut"
+
+    def __init__(self, space: SearchSpace, lut):
+        super().__init__(space, lut.target)
+        self.lut = lut
+
+    def latency_ms(self, arch, static=None):
+        return self.lut.latency_ms(self.space, arch)
+
+
+class PredictorModel(LatencyModel):
+    """A fitted predictor (``mlp``) or the FLOPs line (``flops``)."""
+
+    def __init__(self, space: SearchSpace, predictor, kind: str, target: str):
+        super().__init__(space, target)
+        self.predictor, self.kind = predictor, kind
+
+    def latency_ms(self, arch, static=None):
+        return float(self.predictor.predict_ms([arch])[0])
+
+
+def flops_of(space: SearchSpace):
+    """``arch -> FLOPs`` of its static model at batch size 1."""
+    import torch
+
+    from raynas.supernets import build_static, get_family
+
+    shape = get_family(space.family).input_shape(dict(space.model))
+    example = torch.randn(1, *shape)
+    return lambda arch: count_flops(build_static(space, arch).eval(), example)
+
+
+def _check_setting(what: str, path: str, have: Mapping[str, Any], cfg: LatencyConfig) -> None:
+    """A table or predictor serves only the target, batch size and threads it was made for."""
+    for key, want in (("target", cfg.target), ("batch_size", cfg.batch_size),
+                      ("threads", cfg.threads)):
+        got = have.get(key)
+        if got is not None and got != want:
+            raise ConfigError(f"latency.{what} = {path!r} was made for {key} {got!r}, but "
+                              f"latency.{key} = {want!r}; profile again for this setting")
+
+
+def build_measured(cfg: LatencyConfig, space: SearchSpace, meter: MeasuredLatency,
+                   table: LatencyTable | None = None) -> MeasuredModel:
+    """Timing on the target: here, or in the meter actor on the node with ``cfg.resource``."""
+    remote = None
+    if cfg.resource:
+        from raynas.latency.remote import meter_actor
+
+        remote = meter_actor(space, cfg)
+    return MeasuredModel(space, meter, table, remote)
+
+
+def build_latency_model(cfg: LatencyConfig | Mapping[str, Any], space: SearchSpace,
+                        meter: MeasuredLatency | None = None) -> LatencyModel:
+    """The job's latency model (paths in ``cfg`` already resolved by the caller)."""
+    if not isinstance(cfg, LatencyConfig):
+        cfg = LatencyConfig(**cfg)
+    meter = meter or MeasuredLatency(cfg.target, cfg.batch_size, cfg.threads,
+                                     cfg.min_run_time_s)
+    if cfg.model == "measured":
+        return build_measured(cfg, space, meter, LatencyTable(cfg.table) if cfg.table else None)
+    if cfg.model == "lut":
+        from raynas.latency.lut import LatencyLUT
+
+        lut = LatencyLUT.load(cfg.lut)
+        _check_setting("lut", cfg.lut, vars(lut), cfg)
+        if lut.family != space.family:
+            raise ConfigError(f"latency.lut = {cfg.lut!r} is for family {lut.family!r}, "
+                              f"space {space.name!r} is {space.family!r}")
+        return LUTModel(space, lut)
+    from raynas.latency.predictor import load_predictor
+
+    predictor = load_predictor(cfg.predictor, space, flops_fn=flops_of(space))
+    _check_setting("predictor", cfg.predictor, predictor.meta, cfg)
+    if predictor.kind != ("flops" if cfg.model == "flops" else "mlp"):
+        raise ConfigError(f"latency.predictor = {cfg.predictor!r} is a {predictor.kind!r} "
+                          f"predictor; latency.model = {cfg.model!r} needs "
+                          f"{'a flops' if cfg.model == 'flops' else 'an mlp'} one")
+    return PredictorModel(space, predictor, cfg.model, cfg.target)
