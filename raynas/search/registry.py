@@ -39,4 +39,6 @@ def create_searcher(name: str, **kwargs):
 
 
 def _load_builtin() -> None:
-    from raynas.search import searchers  # noqa: F401  (registers the built-in searchers)
+    # Each module registers its searchers on import; none imports its optimisation library
+    # (optuna, nevergrad) before a factory is called.
+    from raynas.search import evolution, ng, searchers  # noqa: F401

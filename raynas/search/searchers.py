@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from raynas.errors import ConfigError, describe_value
 from raynas.search.registry import register_searcher
 from raynas.space import Arch, Choice, FloatRange, IntRange, PerLayer, SearchSpace
 
@@ -42,6 +43,19 @@ class Constraint:
 
     def violation(self, values: Mapping[str, float]) -> float:
         return float(values[self.metric]) - self.limit
+
+
+def check_options(searcher: str, unknown: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """Raise ``ConfigError`` for the first option a searcher's factory does not take.
+
+    Factories name their options as keyword parameters and gather the rest in ``**unknown``,
+    which they pass here with the names they do take.
+    """
+    if unknown:
+        key, value = next(iter(unknown.items()))
+        names = ", ".join(sorted(allowed)) or "none"
+        raise ConfigError(f"search.options.{key} = {describe_value(value)}: unknown option for "
+                          f"searcher {searcher!r}; allowed: {names}")
 
 
 class AskTellSearcher(ABC):
@@ -84,9 +98,15 @@ class OptunaSearcher(AskTellSearcher):
     sampler sees a fixed-dimensional space; the Arch keeps the first ``depth`` of them.
     Constraints are set on each trial (``Trial.set_constraint``; feasible iff all values
     <= 0), which Optuna's samplers use for constrained domination.
+
+    A sampler that has converged on a small discrete space keeps proposing archs it already
+    proposed (TPE does after ~100 subnets of a 2,592-subnet space). After ``patience`` such
+    repeats in a row, the next trial is a random arch not proposed before, enqueued with
+    ``study.enqueue_trial``, the way the sampler's own start-up trials are random.
     """
 
-    def __init__(self, space, sampler, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0):
+    def __init__(self, space, sampler, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
+                 patience: int = 16):
         import optuna
 
         super().__init__(space, objectives, constraints, seed)
@@ -94,8 +114,41 @@ class OptunaSearcher(AskTellSearcher):
         directions = ["maximize" if o.direction == "max" else "minimize" for o in objectives]
         self.study = optuna.create_study(directions=directions, sampler=sampler)
         self._trials: dict[int, Any] = {}
+        self.patience = patience
+        self._asked: set[str] = set()
+        self._repeats = 0
+        self.restarts = 0
+        self._rng = random.Random(seed)
+
+    def _params(self, arch: Arch) -> dict[str, Any]:
+        """``arch`` in this searcher's Optuna parameter names (unused layer slots random)."""
+        params = {d.name: arch[d.name] for d in self.space.dims if not isinstance(d, PerLayer)}
+        for d in self.space.dims:
+            if isinstance(d, PerLayer):
+                layers = list(arch[d.name])
+                for i in range(d.max_len):
+                    params[f"{d.name}[{i}]"] = (layers[i] if i < len(layers)
+                                                else self._rng.choice(list(d.values)))
+        return params
 
     def ask(self):
+        if self._repeats >= self.patience:
+            for _ in range(100):
+                fresh = self.space.sample(self._rng)
+                if fresh.key not in self._asked:
+                    break
+            self.study.enqueue_trial(self._params(fresh))
+            self._repeats = 0
+            self.restarts += 1
+        token, arch = self._ask()
+        if arch.key in self._asked:
+            self._repeats += 1
+        else:
+            self._asked.add(arch.key)
+            self._repeats = 0
+        return token, arch
+
+    def _ask(self):
         trial = self.study.ask()
         values: dict[str, Any] = {}
         for d in self.space.dims:
@@ -127,21 +180,31 @@ class OptunaSearcher(AskTellSearcher):
 
 @register_searcher("optuna_nsga2")
 def _nsga2(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
-           population_size: int = 32, **_):
+           population_size: int = 32, **unknown):
     import optuna
 
+    check_options("optuna_nsga2", unknown, ["population_size"])
     sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
     return OptunaSearcher(space, sampler, objectives, constraints, seed)
 
 
 @register_searcher("optuna_tpe")
-def _tpe(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0, **_):
+def _tpe(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
+         population_size: int | None = None, **unknown):
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=16)
+    # population_size is accepted (the driver passes it to every searcher) and ignored.
+    check_options("optuna_tpe", unknown, ["population_size"])
+    # constant_liar: archs asked but not yet told (a Tune batch) count as bad, so one batch
+    # does not hold the same arch sixteen times.
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=16,
+                                         constant_liar=True)
     return OptunaSearcher(space, sampler, objectives, constraints, seed)
 
 
 @register_searcher("random")
-def _random(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0, **_):
+def _random(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
+            population_size: int | None = None, **unknown):
+    # population_size is accepted (the driver passes it to every searcher) and ignored.
+    check_options("random", unknown, ["population_size"])
     return RandomSearcher(space, objectives, constraints, seed)

@@ -32,9 +32,13 @@ from raynas.search.searchers import AskTellSearcher, Constraint, Objective
 class BatchSearcher(Searcher):
     """Tune ``Searcher`` that hands out batches of archs from an ask/tell searcher.
 
-    The budget counts distinct subnets. An arch the searcher proposes again is answered from
-    its known record (or, while it is still being evaluated, as soon as it is), so it costs
-    neither budget nor an evaluator call.
+    The budget counts distinct subnets. An arch the searcher proposes again (evaluated, or
+    still being evaluated) costs neither budget nor an evaluator call: the repeat is told as
+    failed, so the searcher learns each subnet's result once and moves on. Answering repeats
+    with their known record instead makes them count again in the searcher's population
+    (NSGA-II's generations fill with copies and it stalls, asking ~10 times per new subnet
+    on a 2,592-subnet space) and keeps its trial list growing, which Optuna's samplers rescan
+    on every ask.
     """
 
     def __init__(self, searcher: AskTellSearcher, budget: int, batch_size: int,
@@ -45,8 +49,8 @@ class BatchSearcher(Searcher):
         self.max_repeats = max_repeats  # asks per wanted arch before the space counts as spent
         self.suggested = 0
         self._pending: dict[str, list[tuple[Any, str]]] = {}  # trial -> (token, arch key)
-        self._known: dict[str, dict[str, Any]] = {}  # arch key -> record
-        self._waiting: dict[str, list[Any]] = {}  # arch key in flight -> tokens asking again
+        self._known: set[str] = set()  # arch keys evaluated
+        self._in_flight: set[str] = set()  # arch keys being evaluated
         self._exhausted = False
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
@@ -54,24 +58,22 @@ class BatchSearcher(Searcher):
         if remaining <= 0:
             return Searcher.FINISHED
         if self._exhausted:  # nothing new to propose; finish once in-flight work is told
-            return None if self._waiting else Searcher.FINISHED
+            return None if self._in_flight else Searcher.FINISHED
         want = min(self.batch_size, remaining)
         batch: list[tuple[Any, Any]] = []
         for _ in range(self.max_repeats * want):
             token, arch = self._asktell.ask()
-            if arch.key in self._known:
-                self._asktell.tell(token, self._known[arch.key])
-            elif arch.key in self._waiting:
-                self._waiting[arch.key].append(token)
+            if arch.key in self._known or arch.key in self._in_flight:
+                self._asktell.tell(token, None)  # a repeat: rejected, see the class doc
             else:
-                self._waiting[arch.key] = []
+                self._in_flight.add(arch.key)
                 batch.append((token, arch))
                 if len(batch) == want:
                     break
         else:
             self._exhausted = True  # the searcher keeps proposing known archs
         if not batch:
-            return Searcher.FINISHED if not self._waiting else None
+            return Searcher.FINISHED if not self._in_flight else None
         self.suggested += len(batch)
         self._pending[trial_id] = [(token, arch.key) for token, arch in batch]
         return {"archs": [arch.to_dict() for _, arch in batch]}
@@ -82,25 +84,25 @@ class BatchSearcher(Searcher):
             r["arch_key"]: r for r in result.get("records") or []}
         for token, key in self._pending.pop(trial_id, []):
             record = records.get(key)
+            self._in_flight.discard(key)
             if record is not None:
-                self._known[key] = record
-            for t in [token, *self._waiting.pop(key, [])]:
-                self._asktell.tell(t, record)
+                self._known.add(key)
+            self._asktell.tell(token, record)  # a failed arch may be proposed again
 
     # Tune checkpoints the searcher with the experiment, so a resumed search continues the
     # same study instead of starting over.
     def get_state(self) -> dict[str, Any]:
         return {"asktell": self._asktell, "suggested": self.suggested,
-                "pending": dict(self._pending), "known": dict(self._known),
-                "waiting": {k: list(v) for k, v in self._waiting.items()},
+                "pending": dict(self._pending), "known": set(self._known),
+                "in_flight": set(self._in_flight),
                 "exhausted": self._exhausted}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._asktell = state["asktell"]
         self.suggested = state["suggested"]
         self._pending = dict(state["pending"])
-        self._known = dict(state["known"])
-        self._waiting = {k: list(v) for k, v in state["waiting"].items()}
+        self._known = set(state["known"])
+        self._in_flight = set(state["in_flight"])
         self._exhausted = state["exhausted"]
 
     def save(self, checkpoint_path: str) -> None:

@@ -9,7 +9,7 @@ from raynas.search.registry import create_searcher, register_searcher, searcher_
 from raynas.search.searchers import DEFAULT_OBJECTIVES, Constraint, Objective, OptunaSearcher
 from raynas.space import Arch, SearchSpace
 
-SEARCHERS = ["optuna_nsga2", "optuna_tpe", "random"]
+SEARCHERS = ["optuna_nsga2", "optuna_tpe", "random", "nevergrad", "hat_evolution"]
 
 
 def _objective(arch: Arch) -> dict[str, float]:

@@ -50,21 +50,25 @@ def test_batches_respect_budget_and_tell_every_token():
     assert sorted(t for t, _ in inner.told) == list(range(1, 11))
 
 
-def test_repeated_archs_cost_no_budget_and_are_answered():
+def test_repeated_archs_cost_no_budget_and_are_rejected():
     space = load_space("tiny_cnn")
     a, b, c = space.largest(), space.smallest(), space.sample(3)
     inner = Scripted(space, [a, a, b, a, c, b, c])  # repeats, some while in flight
     bs = BatchSearcher(inner, budget=3, batch_size=2)
     first = bs.suggest("t0")
-    assert [Arch(x) for x in first["archs"]] == [a, b]  # the second `a` waits for the first
+    assert [Arch(x) for x in first["archs"]] == [a, b]
+    assert inner.told == [(2, None)]  # the repeat of `a` in flight: rejected at once
     _complete(bs, "t0", first)
     second = bs.suggest("t1")
-    assert [Arch(x) for x in second["archs"]] == [c]  # known `a` and `b` answered at once
+    assert [Arch(x) for x in second["archs"]] == [c]  # known `a` and `b` rejected
     _complete(bs, "t1", second)
     assert bs.suggest("t2") is Searcher.FINISHED
     told = dict(inner.told)
-    assert told[2] == a["s1_depth"] / 10  # the repeat of `a` got a's record
-    assert None not in told.values()
+    assert told[1] == a["s1_depth"] / 10 and told[3] == b["s1_depth"] / 10
+    assert told[5] == c["s1_depth"] / 10
+    assert told[2] is None and told[4] is None  # every repeat
+    assert sorted(told) == list(range(1, 6))  # every asked token told exactly once
+    assert len(inner.told) == 5
 
 
 def test_failed_trial_tells_failure_and_exhausted_space_finishes():
@@ -74,8 +78,9 @@ def test_failed_trial_tells_failure_and_exhausted_space_finishes():
     bs = BatchSearcher(inner, budget=5, batch_size=2, max_repeats=3)
     config = bs.suggest("t0")
     assert [Arch(x) for x in config["archs"]] == [a]
+    assert all(v is None for _, v in inner.told)  # repeats of `a` in flight, rejected
     bs.on_trial_complete("t0", None, error=True)
-    assert inner.told[0] == (1, None)
+    assert inner.told[-1] == (1, None)
     bs.suggest("t1")  # `a` may be retried after a failure
     _complete(bs, "t1", {"archs": [a.to_dict()]})
     assert bs.suggest("t2") is Searcher.FINISHED
