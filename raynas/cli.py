@@ -95,6 +95,117 @@ def _parser() -> argparse.ArgumentParser:
                    "accuracy within the latency budget) or its index, ordered by latency")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("latency", formatter_class=fmt,
+                       help="measure latency datasets, fit latency predictors",
+                       description="Latency models for a target device: measured tables, "
+                                   "per-op lookup tables and learned predictors.",
+                       epilog="examples:\n"
+                              "  raynas latency profile jobs/quickstart.yaml --target "
+                              "local-cpu --n 500 --lut lut.json\n"
+                              "  raynas latency fit outputs/quickstart/latency/local-cpu."
+                              "parquet --space digits_cnn")
+    latency = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    prof = latency.add_parser(
+        "profile", formatter_class=fmt, help="measure N subnets on a target",
+        description="Time N distinct random subnets of the job's space on the latency "
+                    "target (warm-up, median of repeats, the job's batch size and threads; "
+                    "on the Ray node carrying latency.resource when set). Rows go to a "
+                    "Parquet table, keyed by (arch, target, batch size, threads, torch "
+                    "version); rows already there are reused. The run is tracked in MLflow.",
+        epilog="examples:\n"
+               "  raynas latency profile jobs/quickstart.yaml --target local-cpu --n 500\n"
+               "  raynas latency profile jobs/quickstart.yaml --n 300 --lut lut.json "
+               "latency.threads=2\n"
+               "  raynas latency profile jobs/quickstart.yaml --target edge --n 200 "
+               "latency.resource=target:edge")
+    _job_args(prof)
+    prof.add_argument("--target", metavar="NAME", help="target device name (sets "
+                      "latency.target)")
+    prof.add_argument("--n", type=int, default=500, metavar="N",
+                      help="distinct subnets to measure (default 500; all of a smaller space)")
+    prof.add_argument("--out", metavar="FILE.parquet", help="table to write or extend "
+                      "(default latency.table, else outputs/<job>/latency/<target>.parquet)")
+    prof.add_argument("--lut", metavar="FILE.json", help="also build a per-op lookup table "
+                      "here and check it against the measured subnets")
+    prof.set_defaults(func=cmd_latency_profile)
+    fit = latency.add_parser(
+        "fit", formatter_class=fmt, help="fit a latency predictor on a measured table",
+        description="Fit a latency predictor on a table from `raynas latency profile` (or a "
+                    "search's latency.table) and report on held-out subnets: RMSE, MAPE, the "
+                    "share within 10%% and Kendall tau. Kinds: mlp (HAT's MLP on the arch "
+                    "encoding) and flops (a line through FLOPs). Use it in a job with "
+                    "latency.model=predictor (or flops) latency.predictor=FILE.",
+        epilog="examples:\n"
+               "  raynas latency fit outputs/quickstart/latency/local-cpu.parquet --space "
+               "digits_cnn\n"
+               "  raynas latency fit table.parquet --space digits_cnn --kind flops --out "
+               "flops.pt\n"
+               "  raynas run jobs/quickstart.yaml latency.model=predictor "
+               "latency.predictor=outputs/quickstart/latency/local-cpu.mlp.pt")
+    fit.add_argument("table", metavar="TABLE", help="Parquet table of measured latencies")
+    fit.add_argument("--space", required=True, metavar="NAME|FILE", help="the table's space")
+    fit.add_argument("--kind", choices=("mlp", "flops"), default="mlp")
+    fit.add_argument("--target", metavar="NAME", help="the target's rows (needed when the "
+                     "table holds several)")
+    fit.add_argument("--out", metavar="FILE.pt", help="predictor file (default beside TABLE)")
+    fit.add_argument("--holdout", type=float, default=0.2, metavar="F",
+                     help="share of subnets held out for the report (default 0.2)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--experiment", default="raynas-latency", metavar="NAME",
+                     help="MLflow experiment (default raynas-latency; the tracking URI is "
+                          "MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+    fit.set_defaults(func=cmd_latency_fit)
+
+    p = sub.add_parser(
+        "replay", formatter_class=fmt, help="rerun searchers against recorded evaluations",
+        description="Run searchers against a table of evaluated subnets instead of a live "
+                    "supernet, and report the hypervolume each reaches after N distinct "
+                    "subnets, as a ratio to the table's own true front (median [min-max] "
+                    "over seeds).\n\n"
+                    "TABLE: Parquet or CSV, one row per subnet, one column per dimension of "
+                    "the space\n(categorical values may be strings, per-layer values JSON "
+                    "lists like \"[3, 5]\"), one column per\nobjective. A search's "
+                    "evaluations.parquet is such a table.",
+        epilog="examples:\n"
+               "  raynas replay outputs/quickstart/evaluations.parquet --space digits_cnn\n"
+               "  raynas replay table.csv --space my_space.yaml --searcher optuna_nsga2 "
+               "--searcher random \\\n"
+               "      --budget 50,100,200 --seeds 5 --objective accuracy:max "
+               "--objective latency_ms:min\n"
+               "  raynas replay table.parquet --space digits_cnn --searcher hat_evolution "
+               "--option parents_size=8 \\\n"
+               "      --constraint latency_ms<=0.5 --missing skip --reference 0,2.0")
+    p.add_argument("table", metavar="TABLE", help="Parquet or CSV file of evaluated subnets")
+    p.add_argument("--space", required=True, metavar="NAME|FILE",
+                   help="the space the table's archs belong to")
+    p.add_argument("--searcher", action="append", metavar="NAME",
+                   help="searcher to replay (repeat to compare; default: optuna_nsga2 and "
+                        "random)")
+    p.add_argument("--budget", default="50,100,200", metavar="N[,N...]",
+                   help="distinct subnets per replay; each budget is reported (default "
+                        "50,100,200)")
+    p.add_argument("--seeds", type=int, default=5, metavar="K", help="seeds 0..K-1 (default 5)")
+    p.add_argument("--objective", action="append", metavar="NAME:max|min",
+                   help="objective column and direction (repeat; default accuracy:max and "
+                        "latency_ms:min)")
+    p.add_argument("--constraint", action="append", default=[], metavar="METRIC<=LIMIT",
+                   help="hard limit: violating subnets never count (repeatable)")
+    p.add_argument("--reference", metavar="V[,V...]",
+                   help="hypervolume reference point, one value per objective (default: "
+                        "each objective's worst value in the table, 10%% of its range beyond)")
+    p.add_argument("--missing", choices=("error", "skip"), default="error",
+                   help="a proposed arch not in the table: stop with an error (default) or "
+                        "skip it (told as failed, not counted against the budget)")
+    p.add_argument("--batch", type=int, default=16, metavar="N",
+                   help="archs asked before their results are told, as in a live search's "
+                        "Tune trial (default 16)")
+    p.add_argument("--population-size", type=int, default=32, metavar="N",
+                   help="population of NSGA-II and hat_evolution (default 32)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="searcher option (YAML value), like search.options in a job")
+    p.add_argument("--out", metavar="FILE.json", help="also write the report as JSON")
+    p.set_defaults(func=cmd_replay)
+
     p = sub.add_parser("spaces", formatter_class=fmt, help="list or show search spaces",
                        description="Search spaces found in search_spaces/ (or "
                                    "$RAYNAS_SPACES_DIR).",
@@ -211,6 +322,104 @@ def _read_arch(text: str) -> dict:
     if isinstance(value, dict) and "arch" in value and isinstance(value["arch"], dict):
         value = value["arch"]  # an exported arch.json works as is
     return value
+
+
+def cmd_latency_profile(args) -> int:
+    if args.target:
+        args.overrides = [*args.overrides, f"latency.target={args.target}"]
+    if args.n < 1:
+        raise ConfigError(f"--n = {args.n}: must be at least 1")
+    job = _load_job(args)
+    job.profile_latency(args.n, out=args.out, lut=args.lut)
+    return 0
+
+
+def cmd_latency_fit(args) -> int:
+    import os
+
+    from raynas.config import DEFAULT_TRACKING_URI
+    from raynas.pipeline import MlflowTracker, fit_latency
+    from raynas.space.registry import load_space
+
+    if not 0 < args.holdout < 1:
+        raise ConfigError(f"--holdout = {args.holdout}: must be between 0 and 1")
+    if not Path(args.table).is_file():
+        raise ConfigError(f"TABLE = {args.table!r}: file does not exist")
+    space = load_space(args.space)
+    tracker = MlflowTracker(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
+                            args.experiment)
+    fit_latency(args.table, space, tracker, kind=args.kind, out=args.out,
+                target=args.target, holdout=args.holdout, seed=args.seed)
+    return 0
+
+
+def _float_list(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{what} = {text!r}: give comma-separated numbers") from None
+
+
+def cmd_replay(args) -> int:
+    import yaml
+
+    from raynas.search.replay import load_table, parse_constraint, parse_objective, replay
+    from raynas.space.registry import load_space
+
+    space = load_space(args.space)
+    objectives = [parse_objective(o) for o in (args.objective or
+                                               ["accuracy:max", "latency_ms:min"])]
+    constraints = [parse_constraint(c) for c in args.constraint]
+    budgets = [int(b) for b in _float_list(args.budget, "--budget")]
+    reference = _float_list(args.reference, "--reference") if args.reference else None
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds = {args.seeds}: must be at least 1")
+    if args.batch < 1:
+        raise ConfigError(f"--batch = {args.batch}: must be at least 1")
+    options: dict = {"population_size": args.population_size}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option = {item!r}: write KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    table = load_table(args.table, space, objectives)
+    searchers = args.searcher or ["optuna_nsga2", "random"]
+    from raynas.search.registry import searcher_names
+
+    for name in searchers:
+        if name not in searcher_names():
+            raise ConfigError(f"--searcher = {name!r}: unknown; choose one of "
+                              f"{', '.join(searcher_names())}")
+    front = table.true_front(constraints)
+    print(f"[raynas] replay {args.table}: {len(table.records)} distinct subnets "
+          f"({table.rows} rows, {table.dropped} without objective values), true front "
+          f"{len(front)} points", flush=True)
+    reports = []
+    for name in searchers:
+        report = replay(table, name, budgets, range(args.seeds), constraints, reference,
+                        args.batch, args.missing, options)
+        reports.append(report)
+        print(f"[raynas] {name}: {args.seeds} seeds in {sum(report.wall_s):.1f} s" +
+              (f", {sum(report.skipped)} proposed archs not in the table"
+               if args.missing == "skip" else ""), flush=True)
+    ref = ", ".join(f"{o.name}={v:g}" for o, v in zip(objectives, reports[0].reference))
+    print(f"reference point {ref}; true hypervolume {reports[0].true_hypervolume:.6g}")
+    print(f"{'SEARCHER':<16}" + "".join(f"{'N=' + str(b):>22}" for b in reports[0].budgets))
+    for r in reports:
+        cells = []
+        for b in r.budgets:
+            med, lo, hi = r.summary(b)
+            cells.append(f"{med:.3f} [{lo:.3f}-{hi:.3f}]")
+        print(f"{r.searcher:<16}" + "".join(f"{c:>22}" for c in cells))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"table": args.table, "space": space.name,
+                                              "objectives": [[o.name, o.direction]
+                                                             for o in objectives],
+                                              "reports": [r.to_dict() for r in reports]},
+                                             indent=2))
+        print(f"[raynas] report -> {args.out}")
+    return 0
 
 
 def cmd_spaces_list(args) -> int:

@@ -20,6 +20,8 @@ import yaml
 from raynas.checkpoint import load_checkpoint
 from raynas.config import JobConfig, resolve_path
 from raynas.errors import CheckpointError, ConfigError
+from raynas.latency.drift import DriftMonitor
+from raynas.latency.table import LatencyTable
 from raynas.runtime import ray_session
 from raynas.search.pareto import default_reference, hypervolume
 from raynas.search.searchers import DEFAULT_OBJECTIVES, Constraint
@@ -52,7 +54,8 @@ class Job:
             raise ConfigError(f"data.path = {cfg.data.path!r}: file does not exist")
         self.out = cfg.out_dir
         self._tracker = tracker
-        self.objectives = DEFAULT_OBJECTIVES
+        self.objectives = (DEFAULT_OBJECTIVES if cfg.search.latency_objective
+                           else DEFAULT_OBJECTIVES[:1])
         budget = cfg.search.latency_budget_ms
         self.constraints = (Constraint("latency_ms", budget),) if budget else ()
 
@@ -152,17 +155,30 @@ class Job:
                 searcher = create_searcher(
                     s.searcher, space=self.space, objectives=self.objectives,
                     constraints=self.constraints, seed=self.cfg.seed,
-                    population_size=s.population_size)
+                    **{"population_size": s.population_size, **s.options})
                 say(f"search: {s.searcher}, {s.budget} subnets, {s.subnets_per_trial} per "
                     f"Tune trial" + (f", latency budget {s.latency_budget_ms} ms"
                                      if s.latency_budget_ms else ""))
                 step = iter(range(10**9))
+                lat = self.cfg.latency
+                drift = DriftMonitor(lat.drift_bound, lat.drift_window)
 
                 def log_records(batch: list[dict[str, Any]]) -> None:
                     for r in batch:
-                        self.tracker.log_metrics(
-                            {"subnet_accuracy": r["accuracy"],
-                             "subnet_latency_ms": r["latency_ms"]}, step=next(step))
+                        n = next(step)
+                        row = {"subnet_accuracy": r["accuracy"],
+                               "subnet_latency_ms": r["latency_ms"]}
+                        if "latency_measured_ms" in r and r["latency_model"] != "measured":
+                            row["subnet_latency_measured_ms"] = r["latency_measured_ms"]
+                        self.tracker.log_metrics(row, step=n)
+                    warning = drift.update(batch)
+                    if drift.mean_error is not None and any(
+                            "latency_measured_ms" in r for r in batch):
+                        self.tracker.log_metrics({"latency_drift_error": drift.mean_error},
+                                                 step=n)
+                    if warning:
+                        say(f"WARNING: {warning}")
+                        self.tracker.set_tags({"raynas.latency_drift": "warning"})
 
                 outcome = run_search(
                     searcher, evaluator, budget=s.budget,
@@ -172,6 +188,7 @@ class Job:
                     constraints=self.constraints, on_records=log_records)
                 ray.kill(evaluator)
             records, front = outcome.records, outcome.front
+            self._save_measured(records)
             write_records(self.out / "evaluations.parquet", records, self.space)
             pareto_path = write_records(self.out / "pareto.parquet", front, self.space)
             plot_pareto(records, front, self.out / "pareto.png",
@@ -186,6 +203,9 @@ class Job:
                 "search_wall_s": outcome.wall_s,
                 "subnets_per_s": len(records) / max(outcome.wall_s, 1e-9),
             }
+            if drift.checks:
+                metrics["latency_drift_checks"] = drift.checks
+                metrics["latency_drift_warnings"] = drift.warnings
             if front:
                 metrics["best_accuracy"] = max(r["accuracy"] for r in front)
                 metrics["front_latency_span"] = (front[-1]["latency_ms"]
@@ -201,6 +221,106 @@ class Job:
             say(f"search: {len(records)} subnets ({unique} unique) in {outcome.wall_s:.1f} s, "
                 f"Pareto front {len(front)} points -> {pareto_path}")
         return SearchSummary(records, front, pareto_path, run_id)
+
+    def profile_latency(self, n: int, out: str | Path | None = None,
+                        lut: str | Path | None = None) -> dict[str, Any]:
+        """Measure ``n`` distinct subnets on the job's latency target into a Parquet table
+        (rows already there for this setting are reused), and optionally build a per-op
+        lookup table; tracked as a ``latency-profile`` run."""
+        import random as _random
+        import statistics
+
+        from raynas.latency.measure import MeasuredLatency, count_params
+        from raynas.latency.models import build_measured, flops_of
+        from raynas.latency.predictor import regression_metrics
+        from raynas.supernets import build_static
+
+        lat = self.cfg.latency
+        path = Path(out) if out else (resolve_path(self.cfg, lat.table) if lat.table else
+                                      self.out / "latency" / f"{lat.target}.parquet")
+        size = self.space.size()
+        if size is not None and size <= n:
+            archs = list(self.space.enumerate())
+        else:
+            rng, seen, archs = _random.Random(self.cfg.seed), set(), []
+            while len(archs) < n:
+                a = self.space.sample(rng)
+                if a.key not in seen:
+                    seen.add(a.key)
+                    archs.append(a)
+        table = LatencyTable(path)
+        before = len(table)
+        meter = MeasuredLatency(lat.target, lat.batch_size, lat.threads, lat.min_run_time_s)
+        flops = flops_of(self.space)
+        t0 = time.perf_counter()
+        with self._run("latency-profile", None):
+            self.tracker.log_params({"target": lat.target, "batch_size": lat.batch_size,
+                                     "threads": lat.threads, "n": len(archs),
+                                     "space": self.space.name, "resource": lat.resource,
+                                     "min_run_time_s": lat.min_run_time_s})
+            with (ray_session(self.cfg.ray.address, self.cfg.ray.num_cpus)
+                  if lat.resource else contextlib.nullcontext()):
+                model = build_measured(lat, self.space, meter, table)
+                where = f"on Ray nodes with resource {lat.resource!r}" if lat.resource \
+                    else "here"
+                say(f"latency profile: {len(archs)} subnets of {self.space.name} on target "
+                    f"{lat.target!r} ({where}), batch {lat.batch_size}, {lat.threads} "
+                    f"thread(s) -> {path}")
+                values = []
+                for i, arch in enumerate(archs):
+                    ms = model.latency_ms(arch)
+                    table.add(arch, ms, lat.target, lat.batch_size, lat.threads,
+                              flops(arch), count_params(build_static(self.space, arch)))
+                    values.append(ms)
+                    if (i + 1) % max(1, len(archs) // 10) == 0 or i + 1 == len(archs):
+                        say(f"latency profile {i + 1}/{len(archs)} subnets "
+                            f"({model.hits} from the table)")
+                        if (i + 1) % 50 == 0 or i + 1 == len(archs):
+                            table.save()  # nothing lost if interrupted
+                table.save()
+                metrics = {"subnets": len(archs), "new_rows": len(table) - before,
+                           "reused_rows": model.hits, "median_ms": statistics.median(values),
+                           "min_ms": min(values), "max_ms": max(values),
+                           "profile_wall_s": time.perf_counter() - t0}
+                result = {"table": str(path), **metrics}
+                if lut:
+                    say("latency profile: building the per-op lookup table")
+                    built = _build_lut(self.space, lat, meter)
+                    lut_path = built.save(lut)
+                    pred = [built.latency_ms(self.space, a) for a in archs]
+                    check = regression_metrics(pred, values)
+                    metrics.update({f"lut_{k}": v for k, v in check.items()})
+                    metrics["lut_ops"] = len(built.ops)
+                    self.tracker.log_artifact(lut_path)
+                    result.update(lut=str(lut_path), lut_ops=len(built.ops), lut_check=check)
+                    say(f"lookup table: {len(built.ops)} ops -> {lut_path}; on the "
+                        f"{len(archs)} profiled subnets: {check['within_10pct']:.0%} within "
+                        f"10%, MAPE {check['mape']:.1%}, Kendall tau "
+                        f"{check['kendall_tau']:.3f}")
+            self.tracker.log_metrics(metrics)
+            self.tracker.log_artifact(path)
+        say(f"latency profile: {len(archs)} subnets, median {metrics['median_ms']:.3f} ms "
+            f"[{metrics['min_ms']:.3f}-{metrics['max_ms']:.3f}], {metrics['new_rows']} new rows "
+            f"in {metrics['profile_wall_s']:.1f} s -> {path}")
+        return result
+
+    def _save_measured(self, records: list[dict[str, Any]]) -> None:
+        """Append what the search measured to ``latency.table`` (the driver owns the file)."""
+        lat = self.cfg.latency
+        if not lat.table:
+            return
+        table = LatencyTable(resolve_path(self.cfg, lat.table))
+        before = len(table)
+        for r in records:
+            if r.get("latency_model") == "measured":
+                table.add(self.space.validate(r["arch"]), r["latency_ms"], lat.target,
+                          lat.batch_size, lat.threads, r.get("flops"), r.get("params"))
+            elif "latency_measured_ms" in r:
+                table.add(self.space.validate(r["arch"]), r["latency_measured_ms"],
+                          lat.target, lat.batch_size, lat.threads, r.get("flops"),
+                          r.get("params"))
+        table.save()
+        say(f"latency table {table.path}: {len(table) - before} new rows, {len(table)} in all")
 
     def export(self, checkpoint: str | Path, front: list[dict[str, Any]],
                parent_id: str | None = None, pick: str | int | None = None,
@@ -222,9 +342,12 @@ class Job:
         with self._run("export", parent_id):
             if parent_id is None:
                 self._log_config()
-            evaluator = Evaluator(**evaluator_args(self.cfg, checkpoint, self.space))
-            static = evaluator.prepare(arch)
-            record = evaluator.score(arch, static)
+            # Re-measured on the target (in the meter actor there, with latency.resource).
+            with (ray_session(self.cfg.ray.address, self.cfg.ray.num_cpus)
+                  if self.cfg.latency.resource else contextlib.nullcontext()):
+                evaluator = Evaluator(**evaluator_args(self.cfg, checkpoint, self.space))
+                static = evaluator.prepare(arch)
+                record = evaluator.score(arch, static, measure=True)
             result = export_subnet(evaluator.supernet, static, self.space, arch,
                                    evaluator.splits.x_test[:256], self.out / "subnet",
                                    self.cfg.export.formats, self.cfg.export.atol)
@@ -232,6 +355,7 @@ class Job:
             self.tracker.log_metrics({
                 "test_accuracy": record["test_accuracy"], "val_accuracy": record["accuracy"],
                 "latency_ms": record["latency_ms"], "latency_ms_at_search": chosen["latency_ms"],
+                "latency_ms_measured": record["latency_measured_ms"],
                 "flops": record["flops"], "params": record["params"],
                 **{f"max_abs_diff_{k}": v for k, v in result.checks.items()},
             })
@@ -245,8 +369,11 @@ class Job:
                         latency_budget_ms=self.cfg.search.latency_budget_ms)
             self.tracker.log_artifact(self.out / "pareto.png")
             say(f"export: subnet {arch.key} -> {result.directory}  test accuracy "
-                f"{record['test_accuracy']:.3f}, {record['latency_ms']:.3f} ms on "
-                f"{record['latency_target']}; formats {', '.join(result.files)} match the "
+                f"{record['test_accuracy']:.3f}, {record['latency_measured_ms']:.3f} ms "
+                f"measured on {record['latency_target']}"
+                + (f" ({record['latency_ms']:.3f} ms by {record['latency_model']})"
+                   if record["latency_model"] != "measured" else "")
+                + f"; formats {', '.join(result.files)} match the "
                 f"supernet (max |diff| {max(result.checks.values()):.2g})")
         return {**export_metadata(result), "record": record}
 
@@ -290,3 +417,68 @@ def front_from_run(tracker: Tracker, run_id: str, dst: Path) -> list[dict[str, A
                           f"search run") from None
     return read_records(path)
 
+
+
+def _build_lut(space: SearchSpace, lat, meter):
+    """Build the lookup table on the target: here, or in a task on a node with its resource."""
+    from raynas.latency.lut import LatencyLUT
+
+    if not lat.resource:
+        return LatencyLUT.build(space, meter, progress=say)
+    import ray
+
+    def build(space_doc):
+        return LatencyLUT.build(SearchSpace.from_dict(space_doc), meter).to_dict()
+
+    task = ray.remote(build).options(resources={lat.resource: 1}, num_cpus=lat.threads)
+    doc = ray.get(task.remote(space.to_dict()))
+    return LatencyLUT(doc["ops"], doc["family"], doc["target"], doc["batch_size"],
+                      doc["threads"], doc["torch_version"], doc["overhead_ms"])
+
+
+def fit_latency(table: str | Path, space: SearchSpace, tracker: Tracker, kind: str = "mlp",
+                out: str | Path | None = None, target: str | None = None,
+                holdout: float = 0.2, seed: int = 0) -> dict[str, Any]:
+    """Fit a latency predictor on a measured table; report held-out accuracy; track it."""
+    from raynas.latency.models import flops_of
+    from raynas.latency.predictor import fit_predictor
+
+    rows = LatencyTable(table).records()
+    targets = sorted({r["latency_target"] for r in rows})
+    if target is None and len(targets) > 1:
+        raise ConfigError(f"table {table} holds several targets ({', '.join(targets)}); "
+                          "choose one with --target")
+    target = target or (targets[0] if targets else None)
+    records = [r for r in rows if r["latency_target"] == target]
+    if not records:
+        raise ConfigError(f"table {table} has no rows for target {target!r}; it has "
+                          f"{', '.join(targets) or 'none'}")
+    out = Path(out) if out else Path(table).with_name(f"{Path(table).stem}.{kind}.pt")
+    t0 = time.perf_counter()
+    with _tracked(tracker, f"latency-fit-{kind}", {"raynas.stage": "latency-fit"}):
+        tracker.log_params({"kind": kind, "table": str(table), "target": target,
+                            "space": space.name, "space.fingerprint": space.fingerprint,
+                            "holdout": holdout, "seed": seed, "rows": len(records)})
+        kwargs = {"flops_fn": flops_of(space)} if kind == "flops" else {}
+        predictor, metrics = fit_predictor(records, space, kind=kind, holdout=holdout,
+                                           seed=seed, **kwargs)
+        predictor.save(out)
+        metrics = {**metrics, "fit_wall_s": time.perf_counter() - t0}
+        tracker.log_metrics({k: float(v) for k, v in metrics.items()})
+        tracker.log_artifact(out)
+    say(f"latency fit ({kind}) on {metrics['n_train']} subnets, held-out "
+        f"{metrics['n_test']}: {metrics['within_10pct']:.1%} within 10%, MAPE "
+        f"{metrics['mape']:.1%}, RMSE {metrics['rmse_ms']:.4f} ms, Kendall tau "
+        f"{metrics['kendall_tau']:.3f} -> {out}")
+    return {"predictor": str(out), "target": target, **metrics}
+
+
+@contextlib.contextmanager
+def _tracked(tracker: Tracker, name: str, tags: dict[str, str]) -> Iterator[None]:
+    tracker.start_run(name, tags=tags)
+    try:
+        yield
+    except BaseException:
+        tracker.end_run("FAILED")
+        raise
+    tracker.end_run("FINISHED")

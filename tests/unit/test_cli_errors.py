@@ -15,7 +15,7 @@ from raynas.cli import main
 from raynas.search.results import write_records
 from raynas.tracking import NullTracker
 
-SUBCOMMANDS = ["run", "train", "search", "export", "spaces"]
+SUBCOMMANDS = ["run", "train", "search", "export", "spaces", "latency", "replay"]
 
 
 class _StubTracker(NullTracker):
@@ -255,9 +255,10 @@ def test_help(argv, capsys):
     assert out.startswith("usage: raynas")
 
 
-@pytest.mark.parametrize("action", ["list", "show"])
-def test_help_spaces_actions(action, capsys):
+@pytest.mark.parametrize("argv", [["spaces", "list"], ["spaces", "show"],
+                                  ["latency", "profile"], ["latency", "fit"]])
+def test_help_actions(argv, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["spaces", action, "--help"])
+        main([*argv, "--help"])
     assert e.value.code == 0
     assert "example" in capsys.readouterr().out
