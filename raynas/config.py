@@ -38,6 +38,9 @@ class RayConfig(_Section):
         None, description="cluster to join; None starts an embedded local Ray "
         "(unless RAY_ADDRESS is set, as under `ray job submit`)")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom resources of the embedded Ray, e.g. "
+        "{'target:local-cpu': 1} to measure latency there with latency.resource")
 
 
 class TrackingConfig(_Section):
@@ -85,6 +88,8 @@ class LatencyConfig(_Section):
     resource: str | None = Field(
         None, description="custom Ray resource of the node(s) that carry the target; "
         "measurements run in an actor there (e.g. 'target:edge-cpu')")
+    resource_wait_s: float = Field(
+        600, gt=0, description="how long to wait for a node with latency.resource")
     table: str | None = Field(
         None, description="Parquet cache of measured latencies (read, then extended)")
     lut: str | None = Field(None, description="lookup table JSON (model: lut)")

@@ -59,6 +59,10 @@ class Job:
         budget = cfg.search.latency_budget_ms
         self.constraints = (Constraint("latency_ms", budget),) if budget else ()
 
+    def _ray(self):
+        r = self.cfg.ray
+        return ray_session(r.address, r.num_cpus, r.resources)
+
     @property
     def tracker(self) -> Tracker:
         """The job's tracker, opened on first use (bad input fails before a store is made)."""
@@ -96,7 +100,7 @@ class Job:
         t0 = time.perf_counter()
         with self._run(self.cfg.name, None) as parent:
             self._log_config()
-            with ray_session(self.cfg.ray.address, self.cfg.ray.num_cpus):
+            with self._ray():
                 checkpoint, train_id = self.train(parent)
                 summary = self.search(checkpoint, parent, train_run_id=train_id)
             exported = self.export(checkpoint, summary.front, parent,
@@ -120,7 +124,7 @@ class Job:
                 f"subnets), {t.epochs} epochs on {t.num_workers} Ray Train workers")
             tracking = ({"uri": self.tracker.uri, "run_id": run_id}
                         if isinstance(self.tracker, MlflowTracker) else None)
-            with ray_session(self.cfg.ray.address, self.cfg.ray.num_cpus):
+            with self._ray():
                 result = train_supernet(self.cfg, self.space, tracking)
             checkpoint = self.out / "checkpoint"
             if checkpoint.exists():
@@ -150,7 +154,11 @@ class Job:
             self.tracker.set_tags({"raynas.checkpoint": str(Path(checkpoint).resolve()),
                                    **({"raynas.train_run_id": train_run_id}
                                       if train_run_id else {})})
-            with ray_session(self.cfg.ray.address, self.cfg.ray.num_cpus):
+            with self._ray():
+                if self.cfg.latency.resource:  # a missing target node fails here, clearly
+                    from raynas.latency.remote import meter_actor
+
+                    meter_actor(self.space, self.cfg.latency)
                 evaluator = create_evaluator_actor(self.cfg, checkpoint, self.space)
                 searcher = create_searcher(
                     s.searcher, space=self.space, objectives=self.objectives,
@@ -258,7 +266,7 @@ class Job:
                                      "threads": lat.threads, "n": len(archs),
                                      "space": self.space.name, "resource": lat.resource,
                                      "min_run_time_s": lat.min_run_time_s})
-            with (ray_session(self.cfg.ray.address, self.cfg.ray.num_cpus)
+            with (self._ray()
                   if lat.resource else contextlib.nullcontext()):
                 model = build_measured(lat, self.space, meter, table)
                 where = f"on Ray nodes with resource {lat.resource!r}" if lat.resource \
@@ -343,7 +351,7 @@ class Job:
             if parent_id is None:
                 self._log_config()
             # Re-measured on the target (in the meter actor there, with latency.resource).
-            with (ray_session(self.cfg.ray.address, self.cfg.ray.num_cpus)
+            with (self._ray()
                   if self.cfg.latency.resource else contextlib.nullcontext()):
                 evaluator = Evaluator(**evaluator_args(self.cfg, checkpoint, self.space))
                 static = evaluator.prepare(arch)

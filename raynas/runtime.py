@@ -15,8 +15,13 @@ def ray_address(configured: str | None) -> str:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
-    """Initialise Ray for the duration of the block, unless it already is (then reuse it)."""
+def ray_session(address: str | None = None, num_cpus: int | None = None,
+                resources: dict[str, float] | None = None) -> Iterator[None]:
+    """Initialise Ray for the duration of the block, unless it already is (then reuse it).
+
+    ``num_cpus`` and ``resources`` (custom resources, e.g. ``{"target:local-cpu": 1}`` to
+    declare this machine a latency target) apply to the embedded local instance only.
+    """
     import ray
 
     if ray.is_initialized():
@@ -25,7 +30,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     addr = ray_address(address)
     kwargs = {"logging_level": logging.WARNING}
     if addr == "local":
-        kwargs.update(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+        kwargs.update(num_cpus=num_cpus, resources=dict(resources or {}) or None,
+                      include_dashboard=True, dashboard_host="127.0.0.1")
     # Workers import raynas from the driver's environment; keep Ray's own chatter down.
     ray.init(address=addr, **kwargs)
     try:

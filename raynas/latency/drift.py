@@ -35,7 +35,7 @@ class DriftMonitor:
             while len(self.errors) > self.window:
                 self.errors.popleft()
             self.checks += 1
-        if len(self.errors) < self.min_checks:
+        if len(self.errors) < min(self.min_checks, self.window):
             return None
         error = self.mean_error
         if error > self.bound and not self.drifting:

@@ -24,6 +24,9 @@ class LatencyMeter:
         self.meter = MeasuredLatency(cfg.target, cfg.batch_size, cfg.threads, cfg.min_run_time_s)
         self.shape = get_family(self.space.family).input_shape(dict(self.space.model))
 
+    def ready(self) -> bool:
+        return True
+
     def measure(self, arch: dict[str, Any]) -> tuple[float, str]:
         """``(latency_ms, node_id)`` of one arch."""
         import ray
@@ -35,13 +38,34 @@ class LatencyMeter:
 
 
 def meter_actor(space: SearchSpace, cfg: LatencyConfig):
-    """The job's meter actor for ``cfg.target`` (created on first use, then shared)."""
+    """The job's meter actor for ``cfg.target`` (created on first use, then shared).
+
+    It asks for the target's resource and no CPU: the resource is the reservation (one per
+    target node means one measurement at a time there), and a CPU request could starve
+    behind the evaluator and the trials on a small cluster.
+    """
     import ray
 
+    from raynas.errors import RaynasError
+
+    wait_s = cfg.resource_wait_s
     if not ray.is_initialized():
         raise RuntimeError("latency.resource needs a running Ray (raynas starts one per job)")
+    if cfg.resource not in ray.cluster_resources():
+        print(f"[raynas] waiting up to {wait_s:.0f} s for a Ray node with resource "
+              f"{cfg.resource!r} (latency.resource); the cluster has "
+              f"{', '.join(sorted(ray.cluster_resources()))}", flush=True)
     name = f"raynas-latency-{cfg.target}-{space.fingerprint}"
-    return ray.remote(LatencyMeter).options(
-        name=name, get_if_exists=True, resources={cfg.resource: 1}, num_cpus=cfg.threads,
+    handle = ray.remote(LatencyMeter).options(
+        name=name, get_if_exists=True, resources={cfg.resource: 1}, num_cpus=0,
         max_restarts=3, max_task_retries=3,
     ).remote(space.to_dict(), cfg.model_dump())
+    try:
+        ray.get(handle.ready.remote(), timeout=wait_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.kill(handle)
+        raise RaynasError(f"latency.resource = {cfg.resource!r}: no Ray node with that "
+                          f"resource came up within {wait_s:.0f} s; start one with `ray start "
+                          f"--resources '{{\"{cfg.resource}\": 1}}'` or declare it in "
+                          "cluster.yaml") from None
+    return handle

@@ -114,6 +114,8 @@ def test_drift_monitor():
     measured = {**bad, "latency_model": "measured"}
     mon2 = DriftMonitor(min_checks=1)
     assert mon2.update([measured]) is None and mon2.checks == 0
+    small = DriftMonitor(bound=0.1, window=2)  # a window below min_checks still judges
+    assert small.update([bad, bad]) is not None
 
 
 def test_drift_pick_share(tiny_space):
