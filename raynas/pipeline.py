@@ -170,8 +170,11 @@ class Job:
                 step = iter(range(10**9))
                 lat = self.cfg.latency
                 drift = DriftMonitor(lat.drift_bound, lat.drift_window)
+                so_far: list[dict[str, Any]] = []
 
                 def log_records(batch: list[dict[str, Any]]) -> None:
+                    so_far.extend(batch)  # the table grows as results arrive
+                    write_records(self.out / "evaluations.parquet", so_far, self.space)
                     for r in batch:
                         n = next(step)
                         row = {"subnet_accuracy": r["accuracy"],

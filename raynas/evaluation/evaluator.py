@@ -31,7 +31,9 @@ class Evaluator:
 
     ``evaluate`` returns one record per arch: ``arch_key``, ``arch`` (dict), ``accuracy``
     (validation, the search objective), ``test_accuracy``, ``latency_ms`` with
-    ``latency_target``, ``flops``, ``params``, ``eval_s``.
+    ``latency_target``, ``latency_model``, ``flops``, ``params``, ``eval_s`` and
+    ``evaluated_at`` (unix time); ``latency_measured_ms`` too where the subnet was also timed
+    to check a non-measured latency model.
     """
 
     def __init__(self, checkpoint: str, data: Mapping[str, Any], latency: Mapping[str, Any],
@@ -76,6 +78,7 @@ class Evaluator:
         t0 = time.perf_counter()
         record = self.score(arch, self.prepare(arch))
         record["eval_s"] = time.perf_counter() - t0
+        record["evaluated_at"] = time.time()
         self._cache[arch.key] = record
         return record
 

@@ -8,6 +8,7 @@ as JSON lists), then the metrics (``accuracy``, ``test_accuracy``, ``latency_ms`
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,19 @@ def records_to_table(records: Sequence[dict[str, Any]], space: SearchSpace) -> p
             row[d.name] = json.dumps(list(v)) if isinstance(v, tuple) else v
         row.update({k: v for k, v in r.items() if k not in ("arch", "arch_key")})
         rows.append(row)
-    return pa.Table.from_pylist(rows)
+    # Columns are the union over rows (pyarrow would take the first row's keys alone: a
+    # metric only some subnets have, like latency_measured_ms, would vanish).
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
 
 
 def write_records(path: str | Path, records: Sequence[dict[str, Any]],
                   space: SearchSpace) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(records_to_table(records, space), path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(records_to_table(records, space), tmp)
+    os.replace(tmp, path)  # readers never see half a file
     return path
 
 

@@ -106,7 +106,7 @@ class OptunaSearcher(AskTellSearcher):
     """
 
     def __init__(self, space, sampler, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
-                 patience: int = 16):
+                 patience: int = 4):
         import optuna
 
         super().__init__(space, objectives, constraints, seed)

@@ -12,8 +12,7 @@ from raynas.latency import MeasuredLatency, count_flops, count_params
 from raynas.space import Arch
 
 KEYS = {"arch_key", "arch", "accuracy", "test_accuracy", "latency_ms", "latency_target",
-        "latency_model",
-        "flops", "params", "eval_s"}
+        "latency_model", "flops", "params", "eval_s", "evaluated_at"}
 
 
 @pytest.fixture(scope="module")

@@ -69,3 +69,14 @@ def test_arch_key_recomputed(digits_space):
 def test_empty(tmp_path, tiny_space):
     path = write_records(tmp_path / "empty.parquet", [], tiny_space)
     assert read_records(path) == []
+
+
+def test_columns_are_the_union_of_record_keys(tmp_path, tiny_space):
+    from raynas.search.results import read_records, write_records
+
+    a, b = tiny_space.largest(), tiny_space.smallest()
+    records = [{"arch": a.to_dict(), "accuracy": 0.5, "latency_ms": 1.0},
+               {"arch": b.to_dict(), "accuracy": 0.4, "latency_ms": 0.5,
+                "latency_measured_ms": 0.6}]
+    back = read_records(write_records(tmp_path / "r.parquet", records, tiny_space))
+    assert back[0]["latency_measured_ms"] is None and back[1]["latency_measured_ms"] == 0.6
