@@ -16,10 +16,13 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "jobs" / "smoke.yaml"
+# Its own experiment: test_pipeline counts the runs of the shared smoke run's experiment.
+EXP = "smoke-latency"
+OWN = f"tracking.experiment={EXP}"
 
 
 def _search_runs(client):
-    exp = client.get_experiment_by_name("smoke")
+    exp = client.get_experiment_by_name(EXP)
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
     return [r for r in runs if r.data.tags.get("raynas.stage") == "search"]
 
@@ -28,13 +31,13 @@ def test_lut_search_warns_on_drift_and_export_remeasures(smoke_run, run_cli):
     cwd, uri = smoke_run["cwd"], smoke_run["uri"]
     lut = cwd / "lut.json"
     run_cli(["latency", "profile", str(SMOKE), "--n", "20", "--lut", str(lut),
-             "--out", str(cwd / "profile.parquet")], cwd, uri)
+             "--out", str(cwd / "profile.parquet"), OWN], cwd, uri)
     out = cwd / "lut-out"
     # Every subnet checked, and a bound no table can meet: the run must warn and say so.
     proc = run_cli(["search", str(SMOKE), "--checkpoint", str(smoke_run["out"] / "checkpoint"),
                     "--output-dir", str(out), "latency.model=lut", f"latency.lut={lut}",
                     "latency.drift_share=1.0", "latency.drift_bound=0.0001",
-                    "latency.drift_window=4"], cwd, uri)
+                    "latency.drift_window=4", OWN], cwd, uri)
     assert "WARNING: latency model drift" in proc.stdout
     records = pq.read_table(out / "evaluations.parquet").to_pylist()
     assert records and all(r["latency_model"] == "lut" for r in records)
@@ -47,9 +50,9 @@ def test_lut_search_warns_on_drift_and_export_remeasures(smoke_run, run_cli):
     assert len(history) == len(records)
 
     run_cli(["export", str(SMOKE), "--from-run", run.info.run_id, "--output-dir", str(out),
-             "latency.model=lut", f"latency.lut={lut}"], cwd, uri)
+             "latency.model=lut", f"latency.lut={lut}", OWN], cwd, uri)
     export = [r for r in client.search_runs(
-        [client.get_experiment_by_name("smoke").experiment_id],
+        [client.get_experiment_by_name(EXP).experiment_id],
         order_by=["attributes.start_time DESC"])
         if r.data.tags.get("raynas.stage") == "export"][0]
     m = export.data.metrics
@@ -64,7 +67,7 @@ def test_measured_on_the_target_node_with_a_cache(smoke_run, run_cli):
         return run_cli(["search", str(SMOKE), "--checkpoint",
                         str(smoke_run["out"] / "checkpoint"), "--output-dir", str(out_dir),
                         "latency.resource=target:bench", "ray.resources={'target:bench': 1}",
-                        f"latency.table={table}", *extra], cwd, uri)
+                        f"latency.table={table}", OWN, *extra], cwd, uri)
 
     search(out, "search.searcher=hat_evolution", "search.budget=24")
     records = pq.read_table(out / "evaluations.parquet").to_pylist()
@@ -94,7 +97,7 @@ def test_missing_target_node_is_a_clear_error(smoke_run, run_cli):
     cwd, uri = smoke_run["cwd"], smoke_run["uri"]
     proc = run_cli(["search", str(SMOKE), "--checkpoint", str(smoke_run["out"] / "checkpoint"),
                     "--output-dir", str(cwd / "no-target"), "latency.resource=target:absent",
-                    "latency.resource_wait_s=3"], cwd, uri, check=False)
+                    "latency.resource_wait_s=3", OWN], cwd, uri, check=False)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("raynas: error")]
     assert errors == [errors[0]] and "latency.resource = 'target:absent'" in errors[0]
