@@ -323,13 +323,11 @@ class Job:
         table = LatencyTable(resolve_path(self.cfg, lat.table))
         before = len(table)
         for r in records:
-            if r.get("latency_model") == "measured":
-                table.add(self.space.validate(r["arch"]), r["latency_ms"], lat.target,
-                          lat.batch_size, lat.threads, r.get("flops"), r.get("params"))
-            elif "latency_measured_ms" in r:
-                table.add(self.space.validate(r["arch"]), r["latency_measured_ms"],
-                          lat.target, lat.batch_size, lat.threads, r.get("flops"),
-                          r.get("params"))
+            ms = (r["latency_ms"] if r.get("latency_model") == "measured"
+                  else r.get("latency_measured_ms"))
+            if ms is not None:
+                table.add(self.space.validate(r["arch"]), ms, lat.target, lat.batch_size,
+                          lat.threads, r.get("flops"), r.get("params"))
         table.save()
         say(f"latency table {table.path}: {len(table) - before} new rows, {len(table)} in all")
 
@@ -443,8 +441,7 @@ def _build_lut(space: SearchSpace, lat, meter):
 
     task = ray.remote(build).options(resources={lat.resource: 1}, num_cpus=lat.threads)
     doc = ray.get(task.remote(space.to_dict()))
-    return LatencyLUT(doc["ops"], doc["family"], doc["target"], doc["batch_size"],
-                      doc["threads"], doc["torch_version"], doc["overhead_ms"])
+    return LatencyLUT.from_dict(doc)
 
 
 def fit_latency(table: str | Path, space: SearchSpace, tracker: Tracker, kind: str = "mlp",

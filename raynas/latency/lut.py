@@ -111,6 +111,10 @@ class LatencyLUT:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ConfigError(f"latency.lut = {str(path)!r}: not a lookup table (expected "
                               f"format {FORMAT!r})")
+        return cls.from_dict(doc)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> LatencyLUT:
         return cls(doc["ops"], doc["family"], doc["target"], doc["batch_size"],
                    doc["threads"], doc["torch_version"], doc.get("overhead_ms", 0.0))
 

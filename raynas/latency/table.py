@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +60,6 @@ class LatencyTable:
         self.rows[_row_key(row)] = row
         self.added += 1
         return row
-
-    def merge(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        for row in rows:
-            full = {c: row.get(c) for c in COLUMNS}
-            self.rows[_row_key(full)] = full
-            self.added += 1
 
     def records(self, target: str | None = None) -> list[dict[str, Any]]:
         """Rows as records (``arch`` as a dict), optionally for one target."""
