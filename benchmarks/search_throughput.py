@@ -38,7 +38,7 @@ from _common import ROOT, fmt, machine_info, summarize, write_json
 
 from raynas.checkpoint import save_checkpoint
 from raynas.config import build_config
-from raynas.evaluation.actor import create_evaluator_actor, evaluator_args
+from raynas.evaluation.actor import create_evaluator_actor, evaluator_args, stop_evaluator_actor
 from raynas.evaluation.evaluator import Evaluator
 from raynas.runtime import ray_session
 from raynas.search.searchers import DEFAULT_OBJECTIVES, AskTellSearcher
@@ -110,7 +110,7 @@ def run_tune(cfg, ckpt, space, archs, storage: Path, spt: int, concurrent: int,
         calls = ray.get(handle.__ray_call__.remote(lambda self: self.calls))
     except Exception:  # older Ray: no __ray_call__
         calls = None
-    ray.kill(handle)
+    stop_evaluator_actor(handle)
     trials = len(list((storage / "search").glob("batch_*")))
     return {"wall_s": wall, "tuner_fit_s": outcome.wall_s, "records": outcome.records,
             "evaluate_calls": calls, "trials": trials,
@@ -151,7 +151,7 @@ def run_tune_null(space, archs, storage: Path, spt: int, concurrent: int,
                    storage_path=storage, objectives=DEFAULT_OBJECTIVES,
                    on_records=lambda batch: arrivals.append(time.perf_counter_ns()))
         t1 = time.perf_counter_ns()
-    ray.kill(handle)
+    stop_evaluator_actor(handle)
     return {"what": "DIAGNOSTIC single run: run_search against a null evaluator actor "
                     f"(instant dummy records), N={len(archs)}, subnets_per_trial={spt}",
             "wall_s": (t1 - t0) / 1e9, "first_result_at_s": (arrivals[0] - t0) / 1e9,
@@ -166,7 +166,7 @@ def run_actor_direct(cfg, ckpt, space, archs) -> dict:
     t0 = time.perf_counter_ns()
     records = ray.get(handle.evaluate.remote([a.to_dict() for a in archs]))
     wall = (time.perf_counter_ns() - t0) / 1e9
-    ray.kill(handle)
+    stop_evaluator_actor(handle)
     return {"wall_s": wall, "records": records, "evaluate_calls": 1,
             "first_subnet_eval_s": records[0]["eval_s"]}
 

@@ -7,6 +7,7 @@ Python values only, loaded with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +42,34 @@ def save_checkpoint(directory: str | Path, space: SearchSpace, model_state: dict
     return directory
 
 
-def load_checkpoint(path: str | Path, expected: SearchSpace | None = None) -> dict[str, Any]:
-    """Load a checkpoint directory (or its ``supernet.pt``).
-
-    With ``expected``, raise ``CheckpointError`` unless the checkpoint was trained for that
-    space (same family, model settings and dims). The result has ``space`` as a SearchSpace.
-    """
+def read_checkpoint_bytes(path: str | Path) -> bytes:
+    """The bytes of a checkpoint's ``supernet.pt``: what the evaluator actors receive
+    through Ray's object store, so they load it on any node of a cluster."""
     path = Path(path)
     file = path / FILENAME if path.is_dir() else path
     if not file.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r}: no {FILENAME} found there")
+    return file.read_bytes()
+
+
+def load_checkpoint(path: str | Path | bytes, expected: SearchSpace | None = None
+                    ) -> dict[str, Any]:
+    """Load a checkpoint directory (or its ``supernet.pt``, or that file's bytes).
+
+    With ``expected``, raise ``CheckpointError`` unless the checkpoint was trained for that
+    space (same family, model settings and dims). The result has ``space`` as a SearchSpace.
+    """
+    if isinstance(path, bytes):
+        source: Any = io.BytesIO(path)
+        path = file = Path(f"<{len(source.getbuffer())} bytes of {FILENAME}>")
+    else:
+        path = Path(path)
+        file = path / FILENAME if path.is_dir() else path
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {str(path)!r}: no {FILENAME} found there")
+        source = file
     try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
+        payload = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, foreign pickle: say which file, not a traceback
         raise CheckpointError(f"checkpoint {str(file)!r} cannot be read: "
                               f"{str(exc).splitlines()[0]}") from None

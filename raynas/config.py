@@ -41,6 +41,10 @@ class RayConfig(_Section):
     resources: dict[str, float] = Field(
         default_factory=dict, description="custom resources of the embedded Ray, e.g. "
         "{'target:local-cpu': 1} to measure latency there with latency.resource")
+    storage_path: str | None = Field(
+        None, description="where Ray Train checkpoints and the Ray Tune experiment live "
+        "(default <output_dir>/ray); on a multi-node cluster, storage every node reaches: "
+        "an NFS path, s3://bucket/prefix or gs://bucket/prefix")
 
 
 class TrackingConfig(_Section):
@@ -59,6 +63,9 @@ class TrainConfig(_Section):
     num_workers: int = Field(2, ge=1, description="Ray Train data-parallel workers")
     cpus_per_worker: float = Field(1, gt=0)
     use_gpu: bool = False
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the training workers: PACK fills a node first, "
+        "SPREAD puts them on different nodes where it can")
     sampler: Literal["sandwich", "uniform"] = "sandwich"
     num_subnets: int = Field(4, ge=1, le=16, description="subnets per step (sandwich: "
                              "largest + smallest + the rest random)")
@@ -152,6 +159,15 @@ class JobConfig(_Section):
     @property
     def out_dir(self) -> Path:
         return Path(self.output_dir or Path("outputs") / self.name).resolve()
+
+    @property
+    def storage_path(self) -> str:
+        """Ray Train / Ray Tune storage: ``ray.storage_path`` (a URI stays as it is), else
+        ``<output_dir>/ray``."""
+        path = self.ray.storage_path
+        if path and "://" in path:
+            return path
+        return str(Path(path).resolve() if path else self.out_dir / "ray")
 
     def resolved(self) -> dict[str, Any]:
         """The full config with every default filled in (what gets logged)."""

@@ -33,16 +33,50 @@ def latency_args(cfg: JobConfig) -> dict:
     return lat
 
 
-def create_evaluator_actor(cfg: JobConfig, checkpoint: str | Path, space: SearchSpace):
+class EvaluatorActor(Evaluator):
+    """The evaluator as a Ray actor. The checkpoint bytes and the known records arrive as
+    object references the driver keeps alive (see ``create_evaluator_actor``), so a
+    restarted actor loads them again, on whichever node Ray restarts it."""
+
+    def __init__(self, shared: list, **kwargs):
+        import ray
+
+        checkpoint, known = ray.get(shared)
+        super().__init__(checkpoint=checkpoint, known=known, **kwargs)
+
+
+# Object references each live evaluator actor restarts from, by actor id.
+_SHARED: dict[str, list] = {}
+
+
+def create_evaluator_actor(cfg: JobConfig, checkpoint: str | Path, space: SearchSpace,
+                           known: list[dict] | None = None):
     """Start the evaluator actor, wait until the checkpoint is loaded, return its handle.
 
-    The actor restarts (reloading the checkpoint) if its process dies; calls are retried.
+    The checkpoint travels through Ray's object store, so the actor may run on any node.
+    The actor restarts (reloading the checkpoint) if its process dies, and the call it was
+    serving is retried there. ``known``: records of a resumed search, answered from cache.
+    Stop it with ``stop_evaluator_actor``.
     """
     import ray
 
-    actor_cls = ray.remote(Evaluator).options(
+    from raynas.checkpoint import read_checkpoint_bytes
+
+    actor_cls = ray.remote(EvaluatorActor).options(
         num_cpus=cfg.search.evaluator.num_cpus, max_restarts=3, max_task_retries=3,
     )
-    handle = actor_cls.remote(**evaluator_args(cfg, checkpoint, space))
+    args = evaluator_args(cfg, checkpoint, space)
+    del args["checkpoint"]
+    shared = [ray.put(read_checkpoint_bytes(checkpoint)), ray.put(list(known or []))]
+    handle = actor_cls.remote(shared, **args)
+    _SHARED[handle._actor_id.hex()] = shared
     ray.get(handle.ready.remote())  # surfaces load errors (bad checkpoint) here, once
     return handle
+
+
+def stop_evaluator_actor(handle) -> None:
+    """Kill the actor and release what it restarts from."""
+    import ray
+
+    ray.kill(handle)
+    _SHARED.pop(handle._actor_id.hex(), None)

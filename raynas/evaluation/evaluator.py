@@ -36,9 +36,12 @@ class Evaluator:
     to check a non-measured latency model.
     """
 
-    def __init__(self, checkpoint: str, data: Mapping[str, Any], latency: Mapping[str, Any],
-                 evaluator: Mapping[str, Any] | None = None, expected_space: dict | None = None,
-                 threads: int = 1):
+    def __init__(self, checkpoint: str | bytes, data: Mapping[str, Any],
+                 latency: Mapping[str, Any], evaluator: Mapping[str, Any] | None = None,
+                 expected_space: dict | None = None, threads: int = 1,
+                 known: Sequence[Mapping[str, Any]] = ()):
+        """``checkpoint``: a checkpoint directory, or its ``supernet.pt`` bytes. ``known``:
+        records evaluated before (a resumed search); asking for them costs nothing."""
         torch.set_num_threads(threads)
         expected = SearchSpace.from_dict(expected_space) if expected_space else None
         state = load_checkpoint(checkpoint, expected=expected)
@@ -59,8 +62,9 @@ class Evaluator:
         b = self.cfg.calib_batch_size
         self._calib = [self.splits.x_train[i * b:(i + 1) * b]
                        for i in range(self.cfg.calib_batches)]
-        self._cache: dict[str, dict[str, Any]] = {}
+        self._cache: dict[str, dict[str, Any]] = {r["arch_key"]: dict(r) for r in known}
         self.calls = 0
+        self.scored = 0  # subnets evaluated by this process (cache hits excluded)
 
     def ready(self) -> bool:
         """Cheap call to wait on actor start-up."""
@@ -80,6 +84,7 @@ class Evaluator:
         record["eval_s"] = time.perf_counter() - t0
         record["evaluated_at"] = time.time()
         self._cache[arch.key] = record
+        self.scored += 1
         return record
 
     def score(self, arch: Arch, static: torch.nn.Module, measure: bool = False

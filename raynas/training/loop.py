@@ -110,8 +110,11 @@ def quick_accuracy(net, arch, splits, calib_batches: int = 2, batch: int = 256) 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config`` holds plain values only (it crosses processes):
-    ``space`` (dict), ``train`` / ``data`` (config dicts), ``seed``, ``tracking``
-    (``{"uri", "run_id"}`` or None)."""
+    ``space`` (dict), ``train`` / ``data`` (config dicts), ``seed``, ``resume_from``.
+
+    Workers never talk to MLflow: rank 0 reports each epoch's metrics with its checkpoint,
+    and the trainer's callback logs them from the driver's node (see ``trainer.py``).
+    """
     import ray.train
 
     # Ray Train's worker root logger prints every report at INFO; one line per epoch is ours.
@@ -143,11 +146,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
 
-    tracker = None
-    if rank == 0 and config.get("tracking"):
-        from raynas.tracking import MlflowTracker
-
-        tracker = MlflowTracker.attach(**config["tracking"])
+    # Where the workers run (a cluster spreads them over nodes), reported with the first
+    # epoch of this attempt; the driver side logs it to MLflow.
+    node = ray.get_runtime_context().get_node_id()
+    nodes = [node]
+    if world > 1:
+        nodes = [None] * world
+        dist.all_gather_object(nodes, node)
+    attempt_info: dict[str, Any] = {"nodes": nodes}
+    if checkpoint is not None:
+        attempt_info["resumed_at_epoch"] = start_epoch
+        if rank == 0:
+            print(f"[raynas] train: restarted, resuming at epoch {start_epoch + 1}/"
+                  f"{cfg.epochs} from the latest checkpoint", flush=True)
 
     sampler = SAMPLERS[cfg.sampler](space, cfg.num_subnets, config["seed"])
     net.train()
@@ -167,21 +178,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 sums[k] = sums.get(k, 0.0) + v
         metrics = {k: v / steps_per_epoch for k, v in sums.items()}
         metrics.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"],
-                       epoch_time_s=time.perf_counter() - t0)
+                       epoch_time_s=time.perf_counter() - t0, **attempt_info)
+        attempt_info = {}
         if rank == 0:
             metrics["val_acc_largest"] = quick_accuracy(net, space.largest(), splits)
             metrics["val_acc_smallest"] = quick_accuracy(net, space.smallest(), splits)
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(tmp, space, net.state_dict(), epoch,
+                                {"optimizer": optimizer.state_dict()})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             print(f"[raynas] train epoch {epoch + 1}/{cfg.epochs}  "
                   f"loss {metrics.get('loss_largest', float('nan')):.3f}  "
                   f"val acc largest {metrics['val_acc_largest']:.3f} "
                   f"smallest {metrics['val_acc_smallest']:.3f}  "
                   f"({metrics['epoch_time_s']:.1f}s)", flush=True)
-            if tracker is not None:
-                tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"},
-                                    step=epoch)
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(tmp, space, net.state_dict(), epoch,
-                                {"optimizer": optimizer.state_dict()})
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)

@@ -6,22 +6,60 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ray.train import UserCallback
+
 from raynas.config import JobConfig, resolve_path
 from raynas.space import SearchSpace
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    checkpoint_dir: Path
+    checkpoint: Any  # ray.train.Checkpoint: a directory on the storage path (maybe remote)
     metrics: dict[str, Any]
+
+    def copy_to(self, directory: Path) -> Path:
+        """Fetch the final checkpoint into a local directory (from any storage)."""
+        return Path(self.checkpoint.to_directory(str(directory)))
+
+
+class EpochLogger(UserCallback):
+    """Logs each epoch's metrics (rank 0's report) into the train run.
+
+    It runs in Ray Train's controller, which Ray places on the driver's node: the MLflow
+    server can stay bound to 127.0.0.1 there while the workers train on other nodes. The
+    workers' node ids become the run's ``raynas.train_nodes`` tag; a restart after a worker
+    failure logs ``resumed_at_epoch``.
+    """
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+        self._tracker = None
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        from raynas.tracking import MlflowTracker
+
+        if not metrics:
+            return
+        if self._tracker is None:
+            self._tracker = MlflowTracker.attach(self.uri, self.run_id)
+        first = dict(metrics[0])
+        epoch = int(first.pop("epoch"))
+        nodes = first.pop("nodes", None)
+        if nodes:
+            self._tracker.set_tags({"raynas.train_nodes": ",".join(nodes)})
+        self._tracker.log_metrics({k: v for k, v in first.items()
+                                   if isinstance(v, int | float)}, step=epoch)
+
 
 
 def train_supernet(cfg: JobConfig, space: SearchSpace,
-                   tracking: dict[str, str] | None = None) -> TrainResult:
+                   tracking: dict[str, str] | None = None, name: str = "train") -> TrainResult:
     """Train the supernet of ``space`` with Ray Train (Ray must be initialised).
 
-    Checkpoints land under ``<output_dir>/ray/``; a worker failure restarts the group from
-    the latest checkpoint up to ``train.max_failures`` times.
+    Checkpoints land under ``<storage_path>/<name>/``. A worker failure restarts the group
+    from the latest checkpoint, up to ``train.max_failures`` times; running again with the
+    same ``name`` and storage continues that run from its latest checkpoint (Ray Train
+    restores it), which is how ``raynas run --resume`` picks up an interrupted training.
     """
     from ray.train import (
         CheckpointConfig,
@@ -43,7 +81,6 @@ def train_supernet(cfg: JobConfig, space: SearchSpace,
         "train": t.model_dump(),
         "data": data,
         "seed": cfg.seed,
-        "tracking": tracking,
         "resume_from": str(resolve_path(cfg, t.resume_from).resolve()) if t.resume_from
         else None,
     }
@@ -52,17 +89,19 @@ def train_supernet(cfg: JobConfig, space: SearchSpace,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+                                     resources_per_worker={"CPU": t.cpus_per_worker},
+                                     placement_strategy=t.placement_strategy),
         run_config=RunConfig(
-            name="train",
-            storage_path=str(cfg.out_dir / "ray"),
+            name=name,
+            storage_path=cfg.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=t.max_failures),
             # Keep the console to one progress line per epoch.
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=[EpochLogger(**tracking)] if tracking else None,
         ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    return TrainResult(Path(result.checkpoint.path), dict(result.metrics or {}))
+    return TrainResult(result.checkpoint, dict(result.metrics or {}))
