@@ -46,8 +46,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Train the supernet (Ray Train), search its subnets (Ray Tune + the "
                     "shared evaluator actor), export the chosen subnet: one MLflow parent "
                     "run with a child run per stage.",
-        epilog="example:\n  raynas run jobs/quickstart.yaml search.latency_budget_ms=0.5")
+        epilog="examples:\n  raynas run jobs/quickstart.yaml search.latency_budget_ms=0.5\n"
+               "  raynas run jobs/quickstart.yaml --resume   # after an interruption\n\n"
+               "On a cluster (see README):\n"
+               "  ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- "
+               "python -m raynas run jobs/quickstart.yaml")
     _job_args(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the job interrupted in the output directory: reuse a "
+                        "finished training, continue an interrupted one from its latest "
+                        "checkpoint, restore an interrupted search (Tune experiment and "
+                        "searcher state; no subnet evaluated twice), in the same MLflow runs")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -246,7 +255,7 @@ def _footer(job, run_id) -> None:
 
 def cmd_run(args) -> int:
     job = _load_job(args)
-    summary = job.run()
+    summary = job.run(resume=args.resume)
     print(f"[raynas] done in {summary['wall_s']:.1f} s; outputs in {job.out}")
     _footer(job, summary["parent_run_id"])
     return 0

@@ -10,6 +10,7 @@ import contextlib
 import json
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from raynas.space import SearchSpace
 from raynas.space.registry import load_space
 from raynas.supernets import get_family
 from raynas.tracking import MlflowTracker, Tracker, flatten
+
+STATE_FILE = "job-state.json"
 
 
 def say(message: str) -> None:
@@ -72,10 +75,15 @@ class Job:
 
     # ---- runs ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _run(self, name: str, parent_id: str | None) -> Iterator[str | None]:
-        run_id = self.tracker.start_run(name, parent_id=parent_id,
-                                        tags={"raynas.stage": name, "raynas.job": self.cfg.name,
-                                              "raynas.space": self.space.name})
+    def _run(self, name: str, parent_id: str | None,
+             resume_id: str | None = None) -> Iterator[str | None]:
+        if resume_id:
+            run_id = self.tracker.resume_run(resume_id)
+        else:
+            run_id = self.tracker.start_run(
+                name, parent_id=parent_id,
+                tags={"raynas.stage": name, "raynas.job": self.cfg.name,
+                      "raynas.space": self.space.name, "raynas.output_dir": str(self.out)})
         try:
             yield run_id
         except KeyboardInterrupt:
@@ -95,28 +103,100 @@ class Job:
                                  "space.size": self.space.size()})
         self.tracker.log_artifact(path)
 
-    def run(self) -> dict[str, Any]:
-        """Train, search and export under one parent run; return a summary."""
+    # ---- job state: what `raynas run --resume` continues ---------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.out / STATE_FILE
+
+    def load_state(self) -> dict[str, Any]:
+        """The state of the interrupted job in this output directory (for ``--resume``)."""
+        if not self.state_path.is_file():
+            raise ConfigError(f"--resume: {self.state_path} does not exist, so there is no "
+                              f"job to resume in {self.out}; run without --resume (or pass "
+                              "the --output-dir of the interrupted job)")
+        state = json.loads(self.state_path.read_text())
+        now = json.loads(json.dumps(self.cfg.resolved(), default=str))
+        before, now = flatten(state.get("config", {})), flatten(now)
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if changed:
+            raise ConfigError(
+                "--resume: the job differs from the interrupted one in " + ", ".join(
+                    f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed[:5])
+                + "; resume with the same job file and overrides")
+        return state
+
+    def _save_state(self, stage: str | None = None, **values: Any) -> None:
+        state = (json.loads(self.state_path.read_text()) if self.state_path.is_file()
+                 else {"config": self.cfg.resolved()})
+        if stage:
+            state[stage] = {**state.get(stage, {}), **values}
+        else:
+            state.update(values)
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, default=str))
+        tmp.replace(self.state_path)
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """Train, search and export under one parent run; return a summary.
+
+        ``resume``: continue the job interrupted in this output directory: a finished
+        training is reused, an interrupted one continues from its latest checkpoint, an
+        interrupted search continues its Tune experiment, all in the same MLflow runs.
+        """
         t0 = time.perf_counter()
-        with self._run(self.cfg.name, None) as parent:
-            self._log_config()
+        state = self.load_state() if resume else {}
+        if not resume and self.state_path.is_file():
+            self.state_path.unlink()  # a fresh job in this directory
+        with self._run(self.cfg.name, None, state.get("parent_run_id")) as parent:
+            if resume:
+                say(f"resuming job {self.cfg.name!r} in {self.out} (MLflow run {parent})")
+            else:
+                self._save_state(parent_run_id=parent)
+                self._log_config()
+            train, search = state.get("train", {}), state.get("search", {})
             with self._ray():
-                checkpoint, train_id = self.train(parent)
-                summary = self.search(checkpoint, parent, train_run_id=train_id)
+                if train.get("status") == "finished" and Path(train["checkpoint"]).is_dir():
+                    checkpoint, train_id = Path(train["checkpoint"]), train["run_id"]
+                    say(f"train: finished before, reusing {checkpoint}")
+                else:
+                    checkpoint, train_id = self.train(parent, resume=train or None)
+                if search.get("status") == "finished":
+                    summary = self._finished_search(search["run_id"])
+                    say(f"search: finished before, {len(summary.records)} subnets")
+                else:
+                    summary = self.search(checkpoint, parent, train_run_id=train_id,
+                                          resume=search or None)
             exported = self.export(checkpoint, summary.front, parent,
                                    records=summary.records)
             self.tracker.log_metrics({"job_wall_s": time.perf_counter() - t0})
+        self._save_state(status="finished")
         return {"parent_run_id": parent, "checkpoint": checkpoint, "front": summary.front,
                 "export": exported, "wall_s": time.perf_counter() - t0}
 
+    def _finished_search(self, run_id: str | None) -> SearchSummary:
+        from raynas.search.results import read_records
+
+        return SearchSummary(read_records(self.out / "evaluations.parquet"),
+                             read_records(self.out / "pareto.parquet"),
+                             self.out / "pareto.parquet", run_id)
+
     # ---- stages ----------------------------------------------------------------------------
-    def train(self, parent_id: str | None = None) -> tuple[Path, str | None]:
-        """Train the supernet; return the stable checkpoint directory and the run id."""
+    def train(self, parent_id: str | None = None,
+              resume: dict[str, Any] | None = None) -> tuple[Path, str | None]:
+        """Train the supernet; return the stable checkpoint directory and the run id.
+
+        ``resume``: the job state of an interrupted training (its run and Ray Train run
+        name): Ray Train continues it from its latest checkpoint.
+        """
         from raynas.training.trainer import train_supernet
 
-        with self._run("train", parent_id) as run_id:
+        resume = resume or {}
+        with self._run("train", parent_id, resume.get("run_id")) as run_id:
             if parent_id is None:
                 self._log_config()
+            ray_name = resume.get("ray_name") or f"train-{run_id or uuid.uuid4().hex}"[:14]
+            self._save_state("train", run_id=run_id, ray_name=ray_name, status="running")
             t = self.cfg.train
             if t.resume_from:  # a wrong checkpoint fails here, not inside a Ray worker
                 load_checkpoint(resolve_path(self.cfg, t.resume_from), expected=self.space)
@@ -124,33 +204,53 @@ class Job:
                 f"subnets), {t.epochs} epochs on {t.num_workers} Ray Train workers")
             tracking = ({"uri": self.tracker.uri, "run_id": run_id}
                         if isinstance(self.tracker, MlflowTracker) else None)
+            t0 = time.perf_counter()
             with self._ray():
-                result = train_supernet(self.cfg, self.space, tracking)
+                result = train_supernet(self.cfg, self.space, tracking, name=ray_name)
             checkpoint = self.out / "checkpoint"
             if checkpoint.exists():
                 shutil.rmtree(checkpoint)
-            shutil.copytree(result.checkpoint_dir, checkpoint)
+            result.copy_to(checkpoint)
             self.tracker.log_artifacts(checkpoint, "checkpoint")
             self.tracker.set_tags({"raynas.checkpoint": str(checkpoint)})
+            self.tracker.log_metrics({"train_wall_s": time.perf_counter() - t0})
+            self._save_state("train", status="finished", checkpoint=str(checkpoint))
             say(f"train: done, checkpoint {checkpoint}")
         return checkpoint, run_id
 
     def search(self, checkpoint: str | Path, parent_id: str | None = None,
-               train_run_id: str | None = None) -> SearchSummary:
-        """Search the trained supernet's subnets through Ray Tune and the evaluator actor."""
-        import ray
+               train_run_id: str | None = None,
+               resume: dict[str, Any] | None = None) -> SearchSummary:
+        """Search the trained supernet's subnets through Ray Tune and the evaluator actor.
 
-        from raynas.evaluation.actor import create_evaluator_actor
+        ``resume``: the job state of an interrupted search: its Tune experiment is restored
+        (trials and searcher state), and the subnets it had evaluated are not evaluated
+        again nor logged twice.
+        """
+
+        from raynas.evaluation.actor import create_evaluator_actor, stop_evaluator_actor
         from raynas.search.plot import plot_pareto
         from raynas.search.registry import create_searcher
-        from raynas.search.results import write_records
-        from raynas.search.tune_driver import run_search
+        from raynas.search.results import read_records, write_records
+        from raynas.search.tune_driver import can_resume, run_search
 
         s = self.cfg.search
         load_checkpoint(checkpoint, expected=self.space)  # a wrong checkpoint fails here, clearly
-        with self._run("search", parent_id) as run_id:
+        resume = resume or {}
+        with self._run("search", parent_id, resume.get("run_id")) as run_id:
             if parent_id is None:
                 self._log_config()
+            tune_name = resume.get("tune_name") or f"search-{run_id or uuid.uuid4().hex}"[:15]
+            table = self.out / "evaluations.parquet"
+            prior = read_records(table) if resume and table.is_file() else []
+            restore = bool(resume) and can_resume(self.cfg.storage_path, tune_name)
+            if resume:
+                say(f"search: resuming with {len(prior)} subnets evaluated before"
+                    + ("" if restore else " (no Tune experiment saved yet: starting a new "
+                       "one that knows them)"))
+            if resume and not restore:
+                tune_name = f"search-{uuid.uuid4().hex}"[:15]
+            self._save_state("search", run_id=run_id, tune_name=tune_name, status="running")
             self.tracker.set_tags({"raynas.checkpoint": str(Path(checkpoint).resolve()),
                                    **({"raynas.train_run_id": train_run_id}
                                       if train_run_id else {})})
@@ -159,7 +259,8 @@ class Job:
                     from raynas.latency.remote import meter_actor
 
                     meter_actor(self.space, self.cfg.latency)
-                evaluator = create_evaluator_actor(self.cfg, checkpoint, self.space)
+                evaluator = create_evaluator_actor(self.cfg, checkpoint, self.space,
+                                                   known=prior)
                 searcher = create_searcher(
                     s.searcher, space=self.space, objectives=self.objectives,
                     constraints=self.constraints, seed=self.cfg.seed,
@@ -167,10 +268,10 @@ class Job:
                 say(f"search: {s.searcher}, {s.budget} subnets, {s.subnets_per_trial} per "
                     f"Tune trial" + (f", latency budget {s.latency_budget_ms} ms"
                                      if s.latency_budget_ms else ""))
-                step = iter(range(10**9))
+                step = iter(range(len(prior), 10**9))
                 lat = self.cfg.latency
                 drift = DriftMonitor(lat.drift_bound, lat.drift_window)
-                so_far: list[dict[str, Any]] = []
+                so_far: list[dict[str, Any]] = list(prior)
 
                 def log_records(batch: list[dict[str, Any]]) -> None:
                     so_far.extend(batch)  # the table grows as results arrive
@@ -195,9 +296,10 @@ class Job:
                     searcher, evaluator, budget=s.budget,
                     subnets_per_trial=s.subnets_per_trial,
                     max_concurrent_trials=s.max_concurrent_trials,
-                    storage_path=self.out / "ray", objectives=self.objectives,
-                    constraints=self.constraints, on_records=log_records)
-                ray.kill(evaluator)
+                    storage_path=self.cfg.storage_path, objectives=self.objectives,
+                    constraints=self.constraints, on_records=log_records, name=tune_name,
+                    resume=restore, prior=prior)
+                stop_evaluator_actor(evaluator)
             records, front = outcome.records, outcome.front
             self._save_measured(records)
             write_records(self.out / "evaluations.parquet", records, self.space)
@@ -229,6 +331,7 @@ class Job:
             (self.out / "search.json").write_text(json.dumps(summary, indent=2))
             for name in ("evaluations.parquet", "pareto.parquet", "pareto.png", "search.json"):
                 self.tracker.log_artifact(self.out / name)
+            self._save_state("search", status="finished")
             say(f"search: {len(records)} subnets ({unique} unique) in {outcome.wall_s:.1f} s, "
                 f"Pareto front {len(front)} points -> {pareto_path}")
         return SearchSummary(records, front, pareto_path, run_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -121,20 +122,43 @@ def _evaluate_batch(config: dict[str, Any], evaluator) -> None:
     tune.report({"records": records, "n": len(records)})
 
 
+# The collector of the search running in this process, by experiment path. Tune pickles its
+# callbacks with the experiment; a resumed experiment unpickles them as a lookup here, so the
+# restored run reports to the live collector of the resuming process.
+_LIVE: dict[str, _Collector] = {}
+
+
+def _live_collector(key: str) -> _Collector:
+    return _LIVE[key]
+
+
 class _Collector(tune.Callback):
     """Runs in the driver: keeps every record, appends it to a JSONL file as it arrives
-    (nothing lost if the run dies), and prints one progress line per finished trial."""
+    (nothing lost if the run dies), and prints one progress line per finished trial.
 
-    def __init__(self, budget: int, objectives, constraints, log_path: Path,
-                 on_records: Callable[[list[dict]], None] | None = None):
+    ``prior``: records of the interrupted run being resumed; a trial re-run after the
+    resume reports them again (from the evaluator's cache) and they are not counted twice.
+    """
+
+    def __init__(self, key: str, budget: int, objectives, constraints, log_path: Path,
+                 on_records: Callable[[list[dict]], None] | None = None,
+                 prior: Sequence[dict[str, Any]] = ()):
+        self.key = key
         self.budget, self.objectives, self.constraints = budget, objectives, constraints
-        self.records: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = list(prior)
+        self._seen = {r["arch_key"] for r in prior}
         self.log_path = log_path
         self.on_records = on_records
         self.t0 = time.perf_counter()
 
+    def __reduce__(self):
+        return _live_collector, (self.key,)
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        batch = result.get("records") or []
+        batch = [r for r in result.get("records") or [] if r["arch_key"] not in self._seen]
+        self._seen.update(r["arch_key"] for r in batch)
+        if not batch:
+            return
         self.records.extend(batch)
         with self.log_path.open("a") as f:
             for r in batch:
@@ -162,22 +186,61 @@ def run_search(searcher: AskTellSearcher, evaluator, *, budget: int, subnets_per
                max_concurrent_trials: int, storage_path: str | Path,
                objectives: Sequence[Objective], constraints: Sequence[Constraint] = (),
                on_records: Callable[[list[dict]], None] | None = None,
-               trial_cpus: float = 0.5) -> SearchOutcome:
-    """Evaluate ``budget`` subnets proposed by ``searcher`` through Ray Tune."""
+               trial_cpus: float = 0.5, name: str = "search", resume: bool = False,
+               prior: Sequence[dict[str, Any]] = ()) -> SearchOutcome:
+    """Evaluate ``budget`` subnets proposed by ``searcher`` through Ray Tune.
+
+    ``resume``: continue the interrupted experiment ``<storage_path>/<name>``: Tune restores
+    its trials and the searcher's state, unfinished trials run again, and ``prior`` (the
+    records the interrupted run had logged) are neither re-counted nor re-logged; pass an
+    evaluator that knows them, so re-run trials do not evaluate them again.
+    """
     # Our collector prints the progress. Tune's new console output prints tables even at
     # verbose=0; its legacy reporter is silent there. CSV/TensorBoard loggers cannot store
     # the per-trial record lists, so only the JSON logger (result.json) stays on.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    storage = Path(storage_path).resolve()
-    storage.mkdir(parents=True, exist_ok=True)
-    collector = _Collector(budget, objectives, constraints, storage / "evaluations.jsonl",
-                           on_records)
-    batch_searcher = BatchSearcher(searcher, budget, subnets_per_trial)
+    remote = "://" in str(storage_path)
+    storage = str(storage_path) if remote else Path(storage_path).resolve()
+    log_dir = Path(tempfile.gettempdir()) if remote else storage
+    if not remote:
+        storage.mkdir(parents=True, exist_ok=True)
+    key = f"{storage}/{name}"
+    collector = _LIVE[key] = _Collector(key, budget, objectives, constraints,
+                                        log_dir / f"{name}.evaluations.jsonl", on_records,
+                                        prior)
     trainable = tune.with_resources(
         tune.with_parameters(_evaluate_batch, evaluator=evaluator), {"cpu": trial_cpus}
     )
-    tuner = tune.Tuner(
+    try:
+        if resume:
+            tuner = tune.Tuner.restore(key, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            tuner = _new_tuner(trainable, BatchSearcher(searcher, budget, subnets_per_trial),
+                               budget, max_concurrent_trials, storage, name, collector)
+        t0 = time.perf_counter()
+        grid = tuner.fit()
+    finally:
+        _LIVE.pop(key, None)
+    errors = [r.error for r in grid if r.error is not None]
+    if errors and not collector.records:
+        raise RuntimeError(f"every search trial failed; first error: {errors[0]}")
+    return SearchOutcome(collector.records, pareto_front(collector.records, objectives,
+                                                         constraints),
+                         time.perf_counter() - t0)
+
+
+def can_resume(storage_path: str | Path, name: str) -> bool:
+    """Whether an interrupted search experiment ``<storage_path>/<name>`` can be restored."""
+    remote = "://" in str(storage_path)
+    path = f"{storage_path}/{name}" if remote else str(Path(storage_path).resolve() / name)
+    return tune.Tuner.can_restore(path)
+
+
+def _new_tuner(trainable, batch_searcher: BatchSearcher, budget: int,
+               max_concurrent_trials: int, storage, name: str, collector: _Collector):
+    return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=batch_searcher,
@@ -186,14 +249,6 @@ def run_search(searcher: AskTellSearcher, evaluator, *, budget: int, subnets_per
             reuse_actors=True,
             trial_dirname_creator=lambda trial: f"batch_{trial.trial_id}",
         ),
-        run_config=tune.RunConfig(name="search", storage_path=str(storage), verbose=0,
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
                                   callbacks=[collector, JsonLoggerCallback()]),
     )
-    t0 = time.perf_counter()
-    grid = tuner.fit()
-    errors = [r.error for r in grid if r.error is not None]
-    if errors and not collector.records:
-        raise RuntimeError(f"every search trial failed; first error: {errors[0]}")
-    return SearchOutcome(collector.records, pareto_front(collector.records, objectives,
-                                                         constraints),
-                         time.perf_counter() - t0)

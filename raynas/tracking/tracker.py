@@ -46,6 +46,10 @@ class Tracker:
                   tags: Mapping[str, str] | None = None) -> str | None:
         return None
 
+    def resume_run(self, run_id: str) -> str | None:
+        """Log into an existing run again (a resumed job); ``end_run`` ends it."""
+        return None
+
     def end_run(self, status: str = "FINISHED") -> None: ...
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
@@ -120,6 +124,13 @@ class MlflowTracker(Tracker):
             self._stack.append(self.run_id)
         self.run_id = run.info.run_id
         return self.run_id
+
+    def resume_run(self, run_id):
+        self.client.update_run(run_id, status="RUNNING")
+        if self.run_id:
+            self._stack.append(self.run_id)
+        self.run_id = run_id
+        return run_id
 
     def end_run(self, status="FINISHED"):
         if self.run_id:
