@@ -1,0 +1,284 @@
+"""raynas on a real multi-node Ray cluster: ``ray job submit``, a shared MLflow server, and
+failures (a Ray Train worker, the evaluator actor, the driver, an idle node).
+
+The cluster is two ``ray start`` nodes on this machine: a head, and a node carrying the
+custom resource ``target:bench`` (a latency target). The MLflow server is ``mlflow server``
+on 127.0.0.1. Every raynas command runs as a user would run it (a subprocess joining the
+cluster, or a submitted job) and every check reads what the MLflow server recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from cluster_processes import ROOT, MlflowServer, RayCluster, wait_for
+
+pytestmark = pytest.mark.integration
+
+SMOKE = str(ROOT / "jobs" / "smoke.yaml")
+TARGET = "target:bench"
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, mlflow_server):
+    c = RayCluster(tmp_path_factory.mktemp("ray-cluster"),
+                   env={"RAYNAS_SPACES_DIR": str(ROOT / "search_spaces")})
+    try:
+        c.start_head(num_cpus=3)
+        c.add_node("bench", num_cpus=2, resources={TARGET: 1})
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def client(mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow_server.uri)
+
+
+def _raynas(cluster, mlflow_server, args, log: Path):
+    """``python -m raynas ARGS`` as a driver joining the cluster (RAY_ADDRESS)."""
+    return cluster.popen([sys.executable, "-m", "raynas", *args], log,
+                         env={"RAY_ADDRESS": cluster.gcs,
+                              "MLFLOW_TRACKING_URI": mlflow_server.uri})
+
+
+def _finish(proc, log: Path, timeout: float = 420) -> str:
+    try:
+        proc.wait(timeout)
+    except Exception:
+        proc.kill()
+        raise
+    text = log.read_text()
+    assert proc.returncode == 0, f"exited {proc.returncode}:\n{text[-6000:]}"
+    return text
+
+
+def _runs(client, experiment: str, stage: str | None = None):
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    return [r for r in runs if stage is None or r.data.tags.get("raynas.stage") == stage]
+
+
+def _steps(client, run_id: str, metric: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, metric))
+
+
+def _rows(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist() if path.is_file() else []
+
+
+def _search(cluster, mlflow_server, trained, tmp_path: Path, budget: int, experiment: str):
+    """``raynas search`` of the trained checkpoint, 4 subnets per Tune trial, started."""
+    out, log = tmp_path / "out", tmp_path / "search.log"
+    proc = _raynas(cluster, mlflow_server,
+                   ["search", SMOKE, "--checkpoint", str(trained["out"] / "checkpoint"),
+                    f"search.budget={budget}", "search.subnets_per_trial=4",
+                    f"tracking.experiment={experiment}", "--output-dir", str(out)], log)
+    return proc, out, log
+
+
+def _wait_rows(out: Path, n: int) -> None:
+    wait_for(f"{n} subnets evaluated",
+             lambda: len(_rows(out / "evaluations.parquet")) >= n, 300, every=0.2)
+
+
+# ---- jobs submitted with `ray job submit` ----------------------------------------------------
+def test_submitted_job_spreads_training_measures_on_the_target_and_tracks_to_the_server(
+        cluster, mlflow_server, client, tmp_path):
+    env = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
+    env["env_vars"]["MLFLOW_TRACKING_URI"] = mlflow_server.uri  # this server's port
+    runtime_env = tmp_path / "runtime_env.yaml"
+    runtime_env.write_text(yaml.safe_dump(env))
+    out = tmp_path / "job-out"
+    proc = cluster.run(
+        ["ray", "job", "submit", "--address", cluster.dashboard, "--working-dir", str(ROOT),
+         "--runtime-env", str(runtime_env), "--",
+         "python", "-m", "raynas", "run", "jobs/smoke.yaml", f"latency.resource={TARGET}",
+         "train.placement_strategy=SPREAD", "--output-dir", str(out)], timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "succeeded" in log, log[-6000:]
+
+    (parent,) = _runs(client, "smoke", "smoke")
+    assert parent.info.status == "FINISHED"
+    stages = {r.data.tags["raynas.stage"]: r for r in _runs(client, "smoke")
+              if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(stages) == {"train", "search", "export"}
+    assert all(r.info.status == "FINISHED" for r in stages.values())
+
+    # Training ran on both nodes; its epochs were logged once each, from the head.
+    train = stages["train"]
+    assert set(train.data.tags["raynas.train_nodes"].split(",")) == set(
+        cluster.node_ids.values())
+    assert _steps(client, train.info.run_id, "val_acc_largest") == [0, 1]
+    names = {a.path for a in client.list_artifacts(train.info.run_id, "checkpoint")}
+    assert "checkpoint/supernet.pt" in names
+
+    # Latency was measured on the node carrying the target resource.
+    search = stages["search"]
+    assert search.data.metrics["evaluated"] == 32
+    table = client.download_artifacts(search.info.run_id, "evaluations.parquet", str(tmp_path))
+    rows = _rows(Path(table))
+    assert len(rows) == 32
+    assert {r["latency_node"] for r in rows} == {cluster.node_ids["bench"]}
+    assert {a.path for a in client.list_artifacts(search.info.run_id)} >= {
+        "pareto.parquet", "pareto.png", "search.json"}
+
+    export = stages["export"]
+    assert 0 < export.data.metrics["test_accuracy"] <= 1
+    exported = {a.path for a in client.list_artifacts(export.info.run_id, "subnet")}
+    assert {"subnet/model.onnx", "subnet/arch.json"} <= exported
+
+
+def test_the_cluster_keeps_token_auth_and_loopback_binding(cluster, mlflow_server):
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{cluster.dashboard}/api/v0/nodes", timeout=10)
+    assert err.value.code == 401  # no token, no access
+    assert cluster.api("/api/version")  # with the token
+    others = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+              if not a[4][0].startswith("127.")}
+    for port in (int(cluster.dashboard.rsplit(":", 1)[1]), mlflow_server.port):
+        for ip in others:  # not reachable through the machine's other addresses
+            with socket.socket() as s:
+                s.settimeout(2)
+                assert s.connect_ex((ip, port)) != 0, f"port {port} answers on {ip}"
+
+
+# ---- failures ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def killed_training(cluster, mlflow_server, client, tmp_path_factory):
+    """A training that loses a Ray Train worker process (SIGKILL) after two epochs."""
+    work = tmp_path_factory.mktemp("train-failure")
+    log = work / "train.log"
+    proc = _raynas(cluster, mlflow_server,
+                   ["train", SMOKE, "train.epochs=6", "train.batch_size=8",
+                    "tracking.experiment=train-failure", "--output-dir", str(work / "out")], log)
+    try:
+        run = wait_for("the train run", lambda: _runs(client, "train-failure", "train"), 120)[0]
+        wait_for("two epochs logged", lambda: len(
+            _steps(client, run.info.run_id, "val_acc_largest")) >= 2, 240)
+        logged = _steps(client, run.info.run_id, "val_acc_largest")
+        victim = cluster.actors("RayTrainWorker")[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        text = _finish(proc, log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return {"run_id": run.info.run_id, "logged_before_kill": logged, "stdout": text,
+            "out": work / "out"}
+
+
+def test_killed_train_worker_resumes_from_the_latest_checkpoint(killed_training, client):
+    run_id = killed_training["run_id"]
+    before = killed_training["logged_before_kill"]
+    assert "restarted, resuming at epoch" in killed_training["stdout"]
+    (resumed,) = client.get_metric_history(run_id, "resumed_at_epoch")
+    # Every epoch logged before the kill had its checkpoint saved: the restart begins after
+    # them, so at most the epoch the worker was in (and not yet logged) is redone.
+    assert resumed.value in (before[-1] + 1, before[-1] + 2), (resumed.value, before)
+    # Each epoch's metrics are logged exactly once, and the run's final metrics once.
+    assert _steps(client, run_id, "val_acc_largest") == list(range(6))
+    assert len(client.get_metric_history(run_id, "train_wall_s")) == 1
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert (killed_training["out"] / "checkpoint" / "supernet.pt").is_file()
+
+
+def test_killed_evaluator_restarts_and_every_subnet_is_evaluated_once(
+        cluster, mlflow_server, client, killed_training, tmp_path):
+    proc, out, log = _search(cluster, mlflow_server, killed_training, tmp_path, 64,
+                             "evaluator-failure")
+    try:
+        _wait_rows(out, 8)
+        (actor,) = cluster.actors("EvaluatorActor")
+        os.kill(actor["pid"], signal.SIGKILL)
+        _finish(proc, log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    rows = _rows(out / "evaluations.parquet")
+    assert len(rows) == 64 and len({r["arch_key"] for r in rows}) == 64
+    (after,) = [a for a in cluster.list("actors") if a["actor_id"] == actor["actor_id"]]
+    assert int(after["num_restarts"]) >= 1  # the same actor, restarted after the kill
+    (run,) = _runs(client, "evaluator-failure", "search")
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["evaluated"] == 64 and run.data.metrics["unique_subnets"] == 64
+    assert _steps(client, run.info.run_id, "subnet_accuracy") == list(range(64))
+
+
+def test_killed_driver_resumes_the_search_in_the_same_runs(cluster, mlflow_server, client,
+                                                           tmp_path):
+    out = tmp_path / "out"
+    args = ["run", SMOKE, "search.budget=64", "search.subnets_per_trial=4",
+            "tracking.experiment=driver-failure", "--output-dir", str(out)]
+    first = _raynas(cluster, mlflow_server, args, tmp_path / "first.log")
+    try:
+        _wait_rows(out, 12)
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    before = {r["arch_key"]: r["evaluated_at"] for r in _rows(out / "evaluations.parquet")}
+    # The killed driver's job ends; Ray reclaims its actors (evaluator, trials).
+    wait_for("the killed job's evaluator to go", lambda: not cluster.actors("EvaluatorActor"),
+             60)
+
+    second = _raynas(cluster, mlflow_server, [*args, "--resume"], tmp_path / "second.log")
+    text = _finish(second, tmp_path / "second.log")
+    assert "resuming job" in text and "train: finished before" in text
+
+    rows = _rows(out / "evaluations.parquet")
+    assert len(rows) == 64 and len({r["arch_key"] for r in rows}) == 64
+    after = {r["arch_key"]: r["evaluated_at"] for r in rows}
+    # Nothing evaluated before the kill was evaluated again.
+    assert all(after[k] == t for k, t in before.items())
+    # One job, one run per stage, all finished: the resumed job logged into the same runs.
+    runs = _runs(client, "driver-failure")
+    stages = sorted(r.data.tags["raynas.stage"] for r in runs)
+    assert stages == ["export", "search", "smoke", "train"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    (search,) = [r for r in runs if r.data.tags["raynas.stage"] == "search"]
+    assert _steps(client, search.info.run_id, "subnet_accuracy") == list(range(64))
+    assert search.data.metrics["evaluated"] == 64
+
+
+def test_an_idle_node_leaving_and_joining_does_not_break_a_search(
+        cluster, mlflow_server, killed_training, tmp_path):
+    proc, out, log = _search(cluster, mlflow_server, killed_training, tmp_path, 120,
+                             "node-churn")
+    try:
+        _wait_rows(out, 4)
+        # A node nothing is scheduled on (no CPUs): it joins, leaves, and joins again.
+        cluster.add_node("spare", num_cpus=0, resources={"spare": 1})
+        cluster.remove_node("spare")
+        assert proc.poll() is None, "the search ended before the node left"
+        cluster.add_node("spare", num_cpus=0, resources={"spare": 1})
+        _finish(proc, log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if "spare" in cluster.nodes:
+            cluster.remove_node("spare")
+    rows = _rows(out / "evaluations.parquet")
+    assert len(rows) == 120 and len({r["arch_key"] for r in rows}) == 120
