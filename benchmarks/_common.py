@@ -1,6 +1,6 @@
 """Shared helpers for the benchmark scripts: machine info, paired timing, summaries, JSON.
 
-Rules followed (see /work/shared/BENCHMARKS.md): A and B are timed alternately (A B A B ...)
+Rules followed (see benchmarks/README.md): A and B are timed alternately (A B A B ...)
 in one process after a warm-up; every pair gives one ratio B/A; we report the median of the
 per-pair ratios with their min and max, and keep the raw numbers in the JSON.
 """

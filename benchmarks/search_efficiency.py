@@ -8,10 +8,11 @@ quickstart supernet (validation accuracy, measured latency on this machine): see
 Each searcher (``nevergrad:NAME`` is nevergrad with optimizer NAME; plain ``nevergrad`` its
 default, NGOpt) is replayed through ``raynas.search.replay`` (the same ``BatchSearcher`` a live
 search uses, 16 archs per batch) for 5 seeds up to 500 distinct subnets; the figure is the
-hypervolume of its first N subnets over the true front's (accuracy max, latency min,
-reference: each objective's worst value in the table pushed out by 10% of its range), for N in
-50/100/200/300/500: median [min-max] over the seeds. Goal: the best searcher reaches >= 0.98
-at 300 and beats random at every budget.
+hypervolume of its first N subnets over the true front's (accuracy max, latency min), for N
+in 50/100/200/300/500: median [min-max] over the seeds. The reference point is raynas's one
+rule, ``raynas.search.pareto.default_reference`` over the whole table (each objective's worst
+value pushed out by 10% of its range), as a live search and ``raynas replay`` place it. Goal:
+the best searcher reaches >= 0.98 at 300 and beats random at every budget.
 
     python benchmarks/search_efficiency.py [--seeds 5] [--searchers a,b] [--rebuild-truth]
 """

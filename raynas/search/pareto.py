@@ -1,10 +1,16 @@
-"""Pareto fronts and hypervolume over evaluation records (dicts of metric values)."""
+"""Pareto fronts and hypervolume over evaluation records (dicts of metric values).
+
+One hypervolume convention for all of raynas: ``hypervolume`` (exact, in metric units) against
+``default_reference`` unless a reference point is given.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import moocore
 import numpy as np
 
 from raynas.search.searchers import Constraint, Objective
@@ -48,14 +54,38 @@ def pareto_front(records: Sequence[Mapping[str, Any]], objectives: Sequence[Obje
     return sorted(front, key=lambda r: (float(r[last.name]), sign * float(r[first.name])))
 
 
+#: How far beyond each objective's worst value the default reference point lies, as a share
+#: of that objective's range over the records.
+REFERENCE_MARGIN = 0.1
+
+
 def default_reference(objectives: Sequence[Objective],
-                      records: Sequence[Mapping[str, Any]]) -> list[float]:
-    """Reference point in metric units: 0 for maximised metrics in [0, 1] (accuracy),
-    1.1 x the worst observed value for minimised ones."""
+                      records: Iterable[Mapping[str, Any]]) -> list[float]:
+    """The hypervolume reference point raynas uses wherever none is given: by a search (its
+    ``hypervolume`` metric), by ``raynas replay`` and by the benchmarks.
+
+    In metric units, one value per objective: the objective's worst value over ``records``
+    (the lowest of a maximised metric, the highest of a minimised one), pushed further out by
+    ``REFERENCE_MARGIN`` (10%) of its range (best minus worst), so the worst points still add
+    volume. The rule assumes nothing about a metric's scale, sign or bounds, so it serves
+    accuracy in [0, 1], BLEU in [0, 100], a WER above 1 or a negative log-likelihood alike;
+    rescaling or shifting a metric moves the point with it, and hypervolume ratios against
+    it do not change. An objective with one value only has no range: the margin is then 10%
+    of that value's magnitude, or 1 when it is 0. Non-finite values are ignored.
+
+    The point depends on the records: compare hypervolumes only against one reference (replay
+    computes it once from its whole table; a search logs it as ``hypervolume.reference``).
+    """
+    records = list(records)
     ref = []
     for o in objectives:
-        values = [float(r[o.name]) for r in records]
-        ref.append(0.0 if o.direction == "max" else 1.1 * max(values))
+        values = [v for v in (float(r[o.name]) for r in records) if math.isfinite(v)]
+        if not values:
+            raise ValueError(f"default_reference: no finite value of {o.name!r} to place the "
+                             "reference point by")
+        lo, hi = min(values), max(values)
+        pad = REFERENCE_MARGIN * (hi - lo) or REFERENCE_MARGIN * abs(hi) or 1.0
+        ref.append(lo - pad if o.direction == "max" else hi + pad)
     return ref
 
 
@@ -63,10 +93,12 @@ def hypervolume(records: Sequence[Mapping[str, Any]], objectives: Sequence[Objec
                 reference: Sequence[float], constraints: Sequence[Constraint] = ()) -> float:
     """Hypervolume dominated by the feasible records, bounded by ``reference`` (metric units).
 
-    Points not strictly better than the reference in every objective add nothing.
+    The volume (area for two objectives) of the region between the records and the reference
+    point, as the product of metric differences: with accuracy and latency_ms it is in
+    accuracy x ms. Points not strictly better than the reference in every objective add
+    nothing; dominated and repeated points add nothing. Exact in any number of objectives
+    (moocore's hypervolume: O(n log n) for 2 and 3 objectives).
     """
-    from optuna._hypervolume import compute_hypervolume  # exact (WFG), 2-d fast path
-
     pool = feasible(records, constraints)
     if not pool:
         return 0.0
@@ -76,5 +108,4 @@ def hypervolume(records: Sequence[Mapping[str, Any]], objectives: Sequence[Objec
     inside = losses[np.all(losses < ref, axis=1)]
     if len(inside) == 0:
         return 0.0
-    front = inside[pareto_mask(inside)]
-    return float(compute_hypervolume(front, ref))
+    return float(moocore.hypervolume(inside, ref=ref))

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from raynas.errors import ArchError, ConfigError
-from raynas.search.pareto import hypervolume, pareto_front
+from raynas.search.pareto import default_reference, hypervolume, pareto_front
 from raynas.search.searchers import Constraint, Objective
 from raynas.space import Choice, FloatRange, IntRange, PerLayer, SearchSpace
 
@@ -172,19 +172,10 @@ def load_table(path: str | Path, space: SearchSpace,
         rec.update({"arch_key": key, "arch": e["arch"].to_dict(),
                     **{o.name: e[o.name] / e["n"] for o in objectives}})
         records[key] = rec
+    if not records:
+        raise ConfigError(f"TABLE = {str(path)!r}: none of its {len(rows)} rows has a value "
+                          f"for every objective ({', '.join(o.name for o in objectives)})")
     return ReplayTable(space, tuple(objectives), records, str(path), len(rows), dropped)
-
-
-def table_reference(table: ReplayTable) -> list[float]:
-    """Default reference point: each objective's worst value in the table, pushed 10% of its
-    range further out (so the worst points still add volume)."""
-    ref = []
-    for o in table.objectives:
-        values = [float(r[o.name]) for r in table.records.values()]
-        lo, hi = min(values), max(values)
-        pad = 0.1 * (hi - lo) or 0.1 * abs(hi) or 1.0
-        ref.append(lo - pad if o.direction == "max" else hi + pad)
-    return ref
 
 
 @dataclass
@@ -274,7 +265,10 @@ def replay(table: ReplayTable, searcher: str, budgets: Sequence[int], seeds: Seq
     budgets = sorted(set(int(b) for b in budgets))
     if not budgets or budgets[0] < 1:
         raise ConfigError(f"--budget = {budgets!r}: give positive integers, e.g. 50,100,200")
-    reference = list(reference) if reference is not None else table_reference(table)
+    # The default is the rule a live search uses too, over the whole table: one reference
+    # for every searcher, seed and budget.
+    reference = (list(reference) if reference is not None
+                 else default_reference(table.objectives, table.records.values()))
     if len(reference) != len(table.objectives):
         raise ConfigError(f"--reference = {reference!r}: give one value per objective "
                           f"({', '.join(o.name for o in table.objectives)})")

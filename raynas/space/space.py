@@ -193,12 +193,25 @@ class SearchSpace:
 
 
 def read_yaml(path: str | Path, what: str) -> Any:
-    """Parse a YAML file; ConfigError (not a traceback) if it is missing or malformed."""
+    """Parse a YAML file; ConfigError (not a traceback) if it is missing, unreadable, not
+    UTF-8 text (a binary or compressed file) or malformed."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist")
     try:
-        return yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {exc.strerror}") from None
+    try:
+        # YAML files are UTF-8 (a BOM is allowed); decode explicitly rather than in the
+        # locale's encoding, so a binary file fails here and not as a traceback.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not a YAML text file: byte "
+                          f"0x{data[exc.start]:02x} at offset {exc.start} is not UTF-8 "
+                          "(a binary or compressed file?)") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
 

@@ -6,6 +6,7 @@ tracker is stubbed out except in the one test about the real tracking store.
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 
@@ -208,6 +209,100 @@ def test_bad_arch_on_fresh_tracking_store(tmp_path, monkeypatch, capsys, quickst
                "--arch", json.dumps(arch)])
     assert_one_error_line(rc, capsys.readouterr().err, "s1_depth", "9")
     assert not (tmp_path / "fresh.db").exists()  # bad input creates no tracking store
+
+
+# ---- bad input writes nothing --------------------------------------------------------------------
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if bad input reaches a stage (which would start Ray and write outputs)."""
+    def reached(self, *args, **kwargs):
+        pytest.fail("bad input reached a pipeline stage")
+
+    for stage in ("run", "train", "search", "export", "profile_latency"):
+        monkeypatch.setattr(f"raynas.pipeline.Job.{stage}", reached)
+
+
+def _written(tmp_path, *keep):
+    """Everything under tmp_path but the given inputs."""
+    return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
+                  if p.name not in keep and not any(k in p.parents for k in keep))
+
+
+@pytest.mark.parametrize("content", [
+    b"\x00\xff\xfe\xfd binary",
+    gzip.compress(b"name: quickstart\nspace: digits_cnn\n"),
+])
+def test_binary_job_file(cli, tmp_path, no_work, content):
+    job = tmp_path / "job.yaml"
+    job.write_bytes(content)
+    rc, _, err = cli("run", job)
+    assert_one_error_line(rc, err, "job file", str(job), "UTF-8")
+    assert _written(tmp_path) == ["job.yaml"]
+
+
+def test_binary_arch_file(cli, quickstart_job, digits_checkpoint, tmp_path, no_work):
+    path = tmp_path / "arch.json"
+    path.write_bytes(gzip.compress(b'{"s1_depth": 1}'))
+    rc, _, err = cli("export", quickstart_job, "--checkpoint", digits_checkpoint,
+                     "--arch", path)
+    assert_one_error_line(rc, err, f"--arch = {str(path)!r}", "UTF-8")
+
+
+@pytest.mark.parametrize("command", ["run", "train", "export"])
+def test_output_dir_is_a_file(cli, quickstart_job, digits_checkpoint, digits_space, tmp_path,
+                              no_work, command):
+    taken = tmp_path / "taken.txt"
+    taken.write_text("mine")
+    extra = (["--checkpoint", digits_checkpoint, "--arch",
+              json.dumps(digits_space.smallest().to_dict())] if command == "export" else [])
+    rc, _, err = cli(command, quickstart_job, *extra, "--output-dir", taken, "train.epochs=1")
+    assert_one_error_line(rc, err, f"--output-dir = {str(taken)!r}", "existing file",
+                          "directory")
+    assert taken.read_text() == "mine"
+    assert _written(tmp_path) == ["taken.txt"]
+    # a directory to be made under a file cannot be made either
+    rc, _, err = cli(command, quickstart_job, *extra, "--output-dir", taken / "sub")
+    assert_one_error_line(rc, err, "--output-dir", f"under the file {str(taken)!r}")
+    assert _written(tmp_path) == ["taken.txt"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy, inside MLflow
+def test_export_corrupt_checkpoint_writes_nothing(tmp_path, monkeypatch, capsys, quickstart_job,
+                                                  digits_space):
+    # The real tracker: a store made before the checkpoint is read is the defect looked for.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "supernet.pt").write_bytes(b"\x00garbage\xff" * 64)
+    capsys.readouterr()
+    rc = main(["export", str(quickstart_job), "--checkpoint", str(ckpt), "--output-dir",
+               str(tmp_path / "out"), "--arch", json.dumps(digits_space.smallest().to_dict())])
+    assert_one_error_line(rc, capsys.readouterr().err, "checkpoint", "supernet.pt",
+                          "cannot be read")
+    assert not (tmp_path / "mlruns.db").exists()
+    assert not (tmp_path / "out").exists()
+    assert _written(tmp_path, ckpt) == ["ckpt"]
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("seed=-1", "seed = -1: Input should be greater than or equal to 0"),
+    (f"seed={2**32}", f"seed = {2**32}: Input should be less than or equal to {2**32 - 1}"),
+    ("data.seed=-1", "data.seed = -1"),
+    (f"data.seed={2**32}", f"data.seed = {2**32}"),
+])
+def test_seed_out_of_range(cli, quickstart_job, tmp_path, no_work, override, needle):
+    rc, _, err = cli("run", quickstart_job, override)
+    assert_one_error_line(rc, err, needle)
+    assert _written(tmp_path) == []
+
+
+@pytest.mark.parametrize("override", ["seed=0", f"seed={2**32 - 1}", f"data.seed={2**32 - 1}"])
+def test_seed_bounds_are_inclusive(quickstart_job, override):
+    from raynas.config import load_config
+
+    cfg = load_config(quickstart_job, [override])
+    assert int(override.split("=")[1]) in (cfg.seed, cfg.data.seed)
 
 
 # ---- listings and help -------------------------------------------------------------------------

@@ -14,13 +14,12 @@ from raynas.latency.predictor import (
     FlopsLinear,
     LatencyPredictor,
     MLPPredictor,
-    _Adam,
-    _clean_records,
-    _mlp,
     fit_predictor,
     load_predictor,
     regression_metrics,
 )
+from raynas.latency.predictor.fit import _clean_records
+from raynas.latency.predictor.mlp import _Adam, _mlp
 from raynas.space import Arch
 
 MEASURED = {"latency_target": "local-cpu", "batch_size": 1, "threads": 1,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -130,11 +132,11 @@ class TestHypervolume:
         assert hypervolume(pts, objs, [0.0, 4.0, 5.0]) == pytest.approx(2 + 0.75 - 0.5)
 
     def test_default_reference(self):
-        assert default_reference(DEFAULT_OBJECTIVES, self.POINTS) == \
-            pytest.approx([0.0, 5.5])
+        # worst value pushed out by 10% of the range: accuracy 0.5 - 0.04, latency 5 + 0.4
         ref = default_reference(DEFAULT_OBJECTIVES, self.POINTS)
+        assert ref == pytest.approx([0.46, 5.4])
         assert hypervolume(self.POINTS, DEFAULT_OBJECTIVES, ref) == \
-            pytest.approx(4.5 * 0.5 + 3.5 * 0.3 + 0.5 * 0.1)
+            pytest.approx(4.4 * 0.04 + 3.4 * 0.3 + 0.4 * 0.1)
 
     def test_monotone_in_points(self):
         base = hypervolume(self.POINTS, DEFAULT_OBJECTIVES, self.REF)
@@ -142,3 +144,88 @@ class TestHypervolume:
         # the new point adds the box latency [1.5, 2] x accuracy [0.5, 0.85] plus
         # latency [2, 5] x accuracy [0.8, 0.85] (beyond 5 ms, point a already covers it)
         assert better == pytest.approx(base + 0.5 * 0.35 + 3 * 0.05)
+
+
+class TestReference:
+    """default_reference: one rule for any metric, whatever its scale, sign or bounds."""
+
+    BLEU_WER = (Objective("bleu", "max"), Objective("wer", "min"))
+
+    def test_bleu_and_wer(self):
+        # a trade-off: more BLEU costs more WER
+        recs = [{"bleu": 20.0, "wer": 0.3}, {"bleu": 30.0, "wer": 0.4},
+                {"bleu": 40.0, "wer": 0.5}]
+        ref = default_reference(self.BLEU_WER, recs)
+        assert ref == pytest.approx([18.0, 0.52])  # 20 - 10% of 20; 0.5 + 10% of 0.2
+        # slices of BLEU, each as high as the lowest WER reaching that far:
+        expected = (40 - 30) * (0.52 - 0.5) + (30 - 20) * (0.52 - 0.4) + (20 - 18) * (0.52 - 0.3)
+        assert hypervolume(recs, self.BLEU_WER, ref) == pytest.approx(expected)
+
+    def test_every_point_adds_volume(self):
+        # Negative and above-1 values: each point still lies strictly inside the reference.
+        objs = (Objective("log_likelihood", "max"), Objective("wer", "min"))
+        recs = [{"log_likelihood": -3.0, "wer": 1.4}, {"log_likelihood": -1.0, "wer": 2.0}]
+        ref = default_reference(objs, recs)
+        assert ref == pytest.approx([-3.2, 2.06])
+        assert hypervolume(recs, objs, ref) == pytest.approx(
+            0.2 * (2.06 - 1.4) + 2.0 * (2.06 - 2.0))
+
+    def test_shift_and_scale_invariant_ratios(self):
+        recs = [{"bleu": b, "wer": w} for b, w in [(20, 0.3), (30, 0.4), (40, 0.5), (25, 0.45)]]
+        # the same quality, rescaled and shifted (and BLEU turned into a loss to minimise)
+        moved = [{"bleu": 100 - 2 * r["bleu"], "wer": 10 * r["wer"] - 3} for r in recs]
+        objs = (Objective("bleu", "min"), Objective("wer", "min"))
+        ratio = (hypervolume(recs[:2], self.BLEU_WER, default_reference(self.BLEU_WER, recs))
+                 / hypervolume(recs, self.BLEU_WER, default_reference(self.BLEU_WER, recs)))
+        moved_ratio = (hypervolume(moved[:2], objs, default_reference(objs, moved))
+                       / hypervolume(moved, objs, default_reference(objs, moved)))
+        assert moved_ratio == pytest.approx(ratio)
+
+    def test_one_value_and_non_finite(self):
+        recs = [{"bleu": 30.0, "wer": 0.0}, {"bleu": float("nan"), "wer": 0.0}]
+        assert default_reference(self.BLEU_WER, recs) == pytest.approx([27.0, 1.0])
+        with pytest.raises(ValueError, match="no finite value of 'bleu'"):
+            default_reference(self.BLEU_WER, [{"bleu": float("nan"), "wer": 1.0}])
+
+
+class TestExactHypervolume:
+    """Against volumes computed by hand, in 2 and 3 objectives."""
+
+    def test_2d_staircase(self):
+        objs = (Objective("f1", "min"), Objective("f2", "min"))
+        pts = [{"f1": 1.0, "f2": 4.0}, {"f1": 2.0, "f2": 2.0}, {"f1": 3.0, "f2": 1.0},
+               {"f1": 3.5, "f2": 3.5}]  # the last one is dominated by (2, 2)
+        # columns between consecutive f1 values up to the reference (5, 5):
+        # [1,2] x [4,5] + [2,3] x [2,5] + [3,5] x [1,5] = 1 + 3 + 8
+        assert hypervolume(pts, objs, [5.0, 5.0]) == pytest.approx(12.0)
+
+    def test_3d_three_boxes(self):
+        objs = tuple(Objective(f"f{i}", "min") for i in range(3))
+        pts = [dict(zip(("f0", "f1", "f2"), p)) for p in
+               [(1.0, 2.0, 2.0), (2.0, 1.0, 2.0), (2.0, 2.0, 1.0)]]
+        # boxes to the reference (3, 3, 3): each 2 x 1 x 1 = 2 (sum 6); every pair overlaps
+        # in [2,3]^3 (volume 1), and so do all three: 6 - 3 * 1 + 1 = 4
+        assert hypervolume(pts, objs, [3.0, 3.0, 3.0]) == pytest.approx(4.0)
+        # a point dominated by the first adds nothing; one at the reference in f2 adds nothing
+        more = pts + [{"f0": 1.5, "f1": 2.5, "f2": 2.5}, {"f0": 0.0, "f1": 0.0, "f2": 3.0}]
+        assert hypervolume(more, objs, [3.0, 3.0, 3.0]) == pytest.approx(4.0)
+
+    def test_3d_mixed_directions(self):
+        objs = (Objective("accuracy", "max"), Objective("latency_ms", "min"),
+                Objective("params", "min"))
+        pts = [{"accuracy": 0.9, "latency_ms": 2.0, "params": 3.0},
+               {"accuracy": 0.6, "latency_ms": 1.0, "params": 1.0}]
+        # boxes from reference (0.5, 4, 4): 0.4 * 2 * 1 = 0.8 and 0.1 * 3 * 3 = 0.9, which
+        # overlap in 0.1 * 2 * 1 = 0.2
+        assert hypervolume(pts, objs, [0.5, 4.0, 4.0]) == pytest.approx(0.8 + 0.9 - 0.2)
+
+    def test_one_objective(self):
+        # accuracy alone (latency only a budget): the distance from the best to the reference
+        objs = DEFAULT_OBJECTIVES[:1]
+        assert hypervolume(TestHypervolume.POINTS, objs, [0.2]) == pytest.approx(0.7)
+
+    def test_needs_no_private_optuna_module(self, monkeypatch):
+        # optuna._hypervolume is private: a minor release may move it (optuna < 7 is allowed).
+        monkeypatch.setitem(sys.modules, "optuna._hypervolume", None)
+        assert hypervolume(TestHypervolume.POINTS, DEFAULT_OBJECTIVES, TestHypervolume.REF) \
+            == pytest.approx(TestHypervolume.EXPECTED)

@@ -9,7 +9,7 @@ import pytest
 
 from raynas.cli import main
 from raynas.errors import ConfigError
-from raynas.search.pareto import hypervolume
+from raynas.search.pareto import default_reference, hypervolume
 from raynas.search.registry import create_searcher
 from raynas.search.replay import (
     load_table,
@@ -17,7 +17,6 @@ from raynas.search.replay import (
     parse_objective,
     replay,
     replay_once,
-    table_reference,
 )
 from raynas.search.results import write_records
 from raynas.search.searchers import DEFAULT_OBJECTIVES
@@ -106,8 +105,24 @@ def test_reference_is_beyond_worst(tiny_table, tiny_space):
     table = load_table(tiny_table[0], tiny_space, DEFAULT_OBJECTIVES)
     acc = [r["accuracy"] for r in table.records.values()]
     lat = [r["latency_ms"] for r in table.records.values()]
-    ref = table_reference(table)
+    ref = default_reference(table.objectives, table.records.values())
     assert ref[0] < min(acc) and ref[1] > max(lat)
+
+
+def test_default_reference_is_the_search_rule(tiny_table, tiny_space):
+    # replay and a live search place the reference point by one rule: default_reference
+    table = load_table(tiny_table[0], tiny_space, DEFAULT_OBJECTIVES)
+    report = replay(table, "random", budgets=[5], seeds=[0])
+    assert report.reference == pytest.approx(
+        default_reference(DEFAULT_OBJECTIVES, list(table.records.values())))
+
+
+def test_table_without_objective_values(tmp_path, tiny_space):
+    a, b = tiny_space.largest(), tiny_space.smallest()
+    path = _csv(tmp_path / "t.csv", tiny_space, [(a, "nan", 2.0), (b, 0.5, "")])
+    with pytest.raises(ConfigError, match=r"none of its 2 rows has a value for every "
+                                          r"objective \(accuracy, latency_ms\)"):
+        load_table(path, tiny_space, DEFAULT_OBJECTIVES)
 
 
 def test_replay_once_counts_distinct_subnets(tiny_table, tiny_space):

@@ -1,18 +1,26 @@
-"""``raynas``: the command line.
+"""The ``raynas`` argument parser: every command, its options and its --help text.
 
-Bad input exits with status 2 and one line on stderr naming the field, the value and what is
-allowed; success exits 0.
+Each subcommand stores its handler in ``func``; the handlers live in ``job_commands`` (commands
+that take a job file) and ``tool_commands`` (tables, predictors, spaces).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import tempfile
-from pathlib import Path
 
-from raynas.errors import ConfigError, RaynasError
+from raynas.cli.job_commands import (
+    cmd_export,
+    cmd_latency_profile,
+    cmd_run,
+    cmd_search,
+    cmd_train,
+)
+from raynas.cli.tool_commands import (
+    cmd_latency_fit,
+    cmd_replay,
+    cmd_spaces_list,
+    cmd_spaces_show,
+)
 
 _OVERRIDES_HELP = ("dotted.key=value overrides of the job file, e.g. train.epochs=5 "
                    "search.budget=64 search.searcher=optuna_tpe")
@@ -26,12 +34,14 @@ def _job_args(p: argparse.ArgumentParser) -> None:
                         "subnet go (default: outputs/<job name>)")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``raynas`` parser; ``parse_args`` gives a namespace whose ``func`` runs the
+    command and returns its exit status."""
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="raynas", formatter_class=fmt,
         description="Train a weight-sharing supernet once on Ray, search its subnets for "
-                    "accuracy vs latency, export the winners.",
+                    "quality vs latency, export the winners.",
         epilog="examples:\n"
                "  raynas run jobs/quickstart.yaml                # train -> search -> export\n"
                "  raynas run jobs/quickstart.yaml search.budget=64 train.epochs=5\n"
@@ -101,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", metavar="JSON|FILE", help="export this arch instead of a "
                    "Pareto point (JSON text or a file holding it)")
     p.add_argument("--pick", metavar="best|N", help="Pareto point: 'best' (highest "
-                   "accuracy within the latency budget) or its index, ordered by latency")
+                   "value of the first search objective within the latency budget) or its index, "
+                   "ordered by latency")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("latency", formatter_class=fmt,
@@ -195,13 +206,14 @@ def _parser() -> argparse.ArgumentParser:
                         "50,100,200)")
     p.add_argument("--seeds", type=int, default=5, metavar="K", help="seeds 0..K-1 (default 5)")
     p.add_argument("--objective", action="append", metavar="NAME:max|min",
-                   help="objective column and direction (repeat; default accuracy:max and "
-                        "latency_ms:min)")
+                   help="objective column and direction (repeat; default: the space's task "
+                        "metric, e.g. accuracy:max, and latency_ms:min)")
     p.add_argument("--constraint", action="append", default=[], metavar="METRIC<=LIMIT",
                    help="hard limit: violating subnets never count (repeatable)")
     p.add_argument("--reference", metavar="V[,V...]",
                    help="hypervolume reference point, one value per objective (default: "
-                        "each objective's worst value in the table, 10%% of its range beyond)")
+                        "each objective's worst value in the table, 10%% of its range beyond: "
+                        "the rule a search uses too)")
     p.add_argument("--missing", choices=("error", "skip"), default="error",
                    help="a proposed arch not in the table: stop with an error (default) or "
                         "skip it (told as failed, not counted against the budget)")
@@ -234,269 +246,3 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("name", help="space name or path to its YAML file")
     show.set_defaults(func=cmd_spaces_show)
     return parser
-
-
-def _load_job(args):
-    from raynas.config import load_config
-    from raynas.pipeline import Job
-
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    return Job(load_config(args.job, overrides))
-
-
-def _footer(job, run_id) -> None:
-    uri = job.tracker.uri if hasattr(job.tracker, "uri") else None
-    if uri:
-        print(f"[raynas] MLflow run {run_id} in {uri}\n"
-              f"[raynas] browse: mlflow ui --backend-store-uri {uri}")
-
-
-def cmd_run(args) -> int:
-    job = _load_job(args)
-    summary = job.run(resume=args.resume)
-    print(f"[raynas] done in {summary['wall_s']:.1f} s; outputs in {job.out}")
-    _footer(job, summary["parent_run_id"])
-    return 0
-
-
-def cmd_train(args) -> int:
-    job = _load_job(args)
-    checkpoint, run_id = job.train()
-    print(f"[raynas] next: raynas search {args.job} --from-run {run_id}")
-    _footer(job, run_id)
-    return 0
-
-
-def cmd_search(args) -> int:
-    from raynas.pipeline import checkpoint_from_run
-
-    job = _load_job(args)
-    train_id = args.from_run
-    checkpoint = (Path(args.checkpoint) if args.checkpoint else
-                  checkpoint_from_run(job.tracker, train_id, Path(tempfile.mkdtemp())))
-    summary = job.search(checkpoint, train_run_id=train_id)
-    print(f"[raynas] next: raynas export {args.job} --from-run {summary.run_id}")
-    _footer(job, summary.run_id)
-    return 0
-
-
-def cmd_export(args) -> int:
-    from raynas.pipeline import checkpoint_from_run, front_from_run
-    from raynas.search.results import read_records
-
-    job = _load_job(args)
-    if not args.from_run and not args.checkpoint:
-        raise ConfigError("export needs --from-run RUN_ID, or --checkpoint DIR with "
-                          "--pareto FILE or --arch JSON")
-    tmp = Path(tempfile.mkdtemp())
-    checkpoint = (Path(args.checkpoint) if args.checkpoint
-                  else checkpoint_from_run(job.tracker, args.from_run, tmp))
-    pick = args.pick
-    if pick is not None and pick != "best":
-        try:
-            pick = int(pick)
-        except ValueError:
-            raise ConfigError(f"--pick = {pick!r}: use 'best' or an integer index") from None
-    if args.arch:
-        arch = job.space.validate(_read_arch(args.arch))
-        front, pick = [{"arch": arch.to_dict(), "accuracy": float("nan"),
-                        "latency_ms": float("nan")}], 0
-    elif args.pareto:
-        if not Path(args.pareto).is_file():
-            raise ConfigError(f"--pareto = {args.pareto!r}: file does not exist")
-        front = read_records(args.pareto)
-    elif args.from_run:
-        front = front_from_run(job.tracker, args.from_run, tmp)
-    else:
-        raise ConfigError("export with --checkpoint needs --pareto FILE or --arch JSON")
-    result = job.export(checkpoint, front, pick=pick)
-    print(f"[raynas] exported to {result['directory']}")
-    return 0
-
-
-def _read_arch(text: str) -> dict:
-    source = text
-    if not text.lstrip().startswith("{"):
-        path = Path(text)
-        if not path.is_file():
-            raise ConfigError(f"--arch = {text!r}: neither JSON nor an existing file")
-        source = path.read_text()
-    try:
-        value = json.loads(source)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--arch: not valid JSON ({exc.msg} at position {exc.pos})") \
-            from None
-    if isinstance(value, dict) and "arch" in value and isinstance(value["arch"], dict):
-        value = value["arch"]  # an exported arch.json works as is
-    return value
-
-
-def cmd_latency_profile(args) -> int:
-    if args.target:
-        args.overrides = [*args.overrides, f"latency.target={args.target}"]
-    if args.n < 1:
-        raise ConfigError(f"--n = {args.n}: must be at least 1")
-    job = _load_job(args)
-    job.profile_latency(args.n, out=args.out, lut=args.lut)
-    return 0
-
-
-def cmd_latency_fit(args) -> int:
-    import os
-
-    from raynas.config import DEFAULT_TRACKING_URI
-    from raynas.pipeline import MlflowTracker, fit_latency
-    from raynas.space.registry import load_space
-
-    if not 0 < args.holdout < 1:
-        raise ConfigError(f"--holdout = {args.holdout}: must be between 0 and 1")
-    if not Path(args.table).is_file():
-        raise ConfigError(f"TABLE = {args.table!r}: file does not exist")
-    space = load_space(args.space)
-    tracker = MlflowTracker(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
-                            args.experiment)
-    fit_latency(args.table, space, tracker, kind=args.kind, out=args.out,
-                target=args.target, holdout=args.holdout, seed=args.seed)
-    return 0
-
-
-def _float_list(text: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"{what} = {text!r}: give comma-separated numbers") from None
-
-
-def cmd_replay(args) -> int:
-    import yaml
-
-    from raynas.search.replay import load_table, parse_constraint, parse_objective, replay
-    from raynas.space.registry import load_space
-
-    space = load_space(args.space)
-    objectives = [parse_objective(o) for o in (args.objective or
-                                               ["accuracy:max", "latency_ms:min"])]
-    constraints = [parse_constraint(c) for c in args.constraint]
-    budgets = [int(b) for b in _float_list(args.budget, "--budget")]
-    reference = _float_list(args.reference, "--reference") if args.reference else None
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds = {args.seeds}: must be at least 1")
-    if args.batch < 1:
-        raise ConfigError(f"--batch = {args.batch}: must be at least 1")
-    options: dict = {"population_size": args.population_size}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--option = {item!r}: write KEY=VALUE")
-        options[key] = yaml.safe_load(value)
-    table = load_table(args.table, space, objectives)
-    searchers = args.searcher or ["optuna_nsga2", "random"]
-    from raynas.search.registry import searcher_names
-
-    for name in searchers:
-        if name not in searcher_names():
-            raise ConfigError(f"--searcher = {name!r}: unknown; choose one of "
-                              f"{', '.join(searcher_names())}")
-    front = table.true_front(constraints)
-    print(f"[raynas] replay {args.table}: {len(table.records)} distinct subnets "
-          f"({table.rows} rows, {table.dropped} without objective values), true front "
-          f"{len(front)} points", flush=True)
-    reports = []
-    for name in searchers:
-        report = replay(table, name, budgets, range(args.seeds), constraints, reference,
-                        args.batch, args.missing, options)
-        reports.append(report)
-        print(f"[raynas] {name}: {args.seeds} seeds in {sum(report.wall_s):.1f} s" +
-              (f", {sum(report.skipped)} proposed archs not in the table"
-               if args.missing == "skip" else ""), flush=True)
-    ref = ", ".join(f"{o.name}={v:g}" for o, v in zip(objectives, reports[0].reference))
-    print(f"reference point {ref}; true hypervolume {reports[0].true_hypervolume:.6g}")
-    print(f"{'SEARCHER':<16}" + "".join(f"{'N=' + str(b):>22}" for b in reports[0].budgets))
-    for r in reports:
-        cells = []
-        for b in r.budgets:
-            med, lo, hi = r.summary(b)
-            cells.append(f"{med:.3f} [{lo:.3f}-{hi:.3f}]")
-        print(f"{r.searcher:<16}" + "".join(f"{c:>22}" for c in cells))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"table": args.table, "space": space.name,
-                                              "objectives": [[o.name, o.direction]
-                                                             for o in objectives],
-                                              "reports": [r.to_dict() for r in reports]},
-                                             indent=2))
-        print(f"[raynas] report -> {args.out}")
-    return 0
-
-
-def cmd_spaces_list(args) -> int:
-    from raynas.space import SearchSpace
-    from raynas.space.registry import list_spaces, spaces_dir
-
-    paths = list_spaces()
-    if not paths:
-        print(f"no search spaces found in {spaces_dir()}")
-        return 0
-    print(f"{'NAME':<20} {'FAMILY':<10} {'SUBNETS':>12}  FILE")
-    for path in paths:
-        try:
-            space = SearchSpace.load(path)
-        except RaynasError as exc:
-            print(f"{path.stem:<20} {'?':<10} {'invalid':>12}  {path}  ({exc})")
-            continue
-        size = space.size()
-        print(f"{space.name:<20} {space.family:<10} "
-              f"{(f'{size:,}' if size else 'infinite'):>12}  {path}")
-    return 0
-
-
-def cmd_spaces_show(args) -> int:
-    from raynas.space.registry import load_space
-
-    space = load_space(args.name)
-    size = space.size()
-    print(f"{space.name}  (family {space.family}, "
-          f"{f'{size:,}' if size else 'infinitely many'} subnets, "
-          f"encoding {space.encoding_size} floats, fingerprint {space.fingerprint})")
-    if space.description:
-        print(space.description)
-    if space.model:
-        print("model: " + ", ".join(f"{k}={v}" for k, v in space.model.items()))
-    print(f"{'DIMENSION':<16} {'TYPE':<10} VALUES (bounds inclusive)")
-    for d in space.dims:
-        spec = d.spec()
-        kind = spec.pop("type")
-        if kind == "per_layer":
-            text = f"{spec['values']} per layer, {spec['depth']} layers"
-        elif kind == "choice":
-            text = str(spec["values"])
-        else:
-            text = f"[{spec['low']}, {spec['high']}]" + (" log" if spec.get("log") else "")
-        print(f"{d.name:<16} {kind:<10} {text}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    # Overrides may come after options (`--from-run ID train.epochs=3`): argparse's
-    # positional list stops at the first option, so collect the stragglers here.
-    args, extra = parser.parse_known_args(argv)
-    stray = [x for x in extra if x.startswith("-") or not hasattr(args, "overrides")]
-    if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    if extra:  # malformed ones get parse_overrides' one-line error, like those before options
-        args.overrides = [*args.overrides, *extra]
-    try:
-        return args.func(args)
-    except RaynasError as exc:
-        print(f"raynas: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("raynas: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,37 @@
+"""``raynas``: the command line.
+
+Bad input exits with status 2 and one line on stderr naming the field, the value and what is
+allowed; success exits 0. The parser and its --help texts are in ``parser``; the commands in
+``job_commands`` (those that take a job file) and ``tool_commands`` (the others).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from raynas.cli.parser import build_parser
+from raynas.errors import RaynasError
+
+__all__ = ["build_parser", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``raynas`` command (``argv`` defaults to ``sys.argv[1:]``); return its exit
+    status: 0 on success, 2 for bad input, 130 when interrupted."""
+    parser = build_parser()
+    # Overrides may come after options (`--from-run ID train.epochs=3`): argparse's
+    # positional list stops at the first option, so collect the stragglers here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:  # malformed ones get parse_overrides' one-line error, like those before options
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return args.func(args)
+    except RaynasError as exc:
+        print(f"raynas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raynas: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,151 @@
+"""Commands that work without a job file: ``latency fit``, ``replay``, ``spaces list|show``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from raynas.errors import ConfigError, RaynasError
+
+
+def cmd_latency_fit(args: argparse.Namespace) -> int:
+    """``raynas latency fit``: fit a latency predictor on a measured table."""
+    import os
+
+    from raynas.config import DEFAULT_TRACKING_URI
+    from raynas.pipeline import MlflowTracker, fit_latency
+    from raynas.space.registry import load_space
+
+    if not 0 < args.holdout < 1:
+        raise ConfigError(f"--holdout = {args.holdout}: must be between 0 and 1")
+    if not Path(args.table).is_file():
+        raise ConfigError(f"TABLE = {args.table!r}: file does not exist")
+    space = load_space(args.space)
+    tracker = MlflowTracker(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
+                            args.experiment)
+    fit_latency(args.table, space, tracker, kind=args.kind, out=args.out,
+                target=args.target, holdout=args.holdout, seed=args.seed)
+    return 0
+
+
+def _float_list(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{what} = {text!r}: give comma-separated numbers") from None
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """``raynas replay``: rerun searchers against a table of evaluated subnets."""
+    import yaml
+
+    from raynas.search.replay import load_table, parse_constraint, parse_objective, replay
+    from raynas.space.registry import load_space
+    from raynas.tasks import default_task
+
+    space = load_space(args.space)
+    primary = default_task(space).primary  # the space's task says what its metric is
+    objectives = [parse_objective(o) for o in (args.objective or
+                                               [f"{primary.name}:{primary.goal}",
+                                                "latency_ms:min"])]
+    constraints = [parse_constraint(c) for c in args.constraint]
+    budgets = [int(b) for b in _float_list(args.budget, "--budget")]
+    reference = _float_list(args.reference, "--reference") if args.reference else None
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds = {args.seeds}: must be at least 1")
+    if args.batch < 1:
+        raise ConfigError(f"--batch = {args.batch}: must be at least 1")
+    options: dict = {"population_size": args.population_size}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option = {item!r}: write KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    table = load_table(args.table, space, objectives)
+    searchers = args.searcher or ["optuna_nsga2", "random"]
+    from raynas.search.registry import searcher_names
+
+    for name in searchers:
+        if name not in searcher_names():
+            raise ConfigError(f"--searcher = {name!r}: unknown; choose one of "
+                              f"{', '.join(searcher_names())}")
+    front = table.true_front(constraints)
+    print(f"[raynas] replay {args.table}: {len(table.records)} distinct subnets "
+          f"({table.rows} rows, {table.dropped} without objective values), true front "
+          f"{len(front)} points", flush=True)
+    reports = []
+    for name in searchers:
+        report = replay(table, name, budgets, range(args.seeds), constraints, reference,
+                        args.batch, args.missing, options)
+        reports.append(report)
+        print(f"[raynas] {name}: {args.seeds} seeds in {sum(report.wall_s):.1f} s" +
+              (f", {sum(report.skipped)} proposed archs not in the table"
+               if args.missing == "skip" else ""), flush=True)
+    ref = ", ".join(f"{o.name}={v:g}" for o, v in zip(objectives, reports[0].reference))
+    print(f"reference point {ref}; true hypervolume {reports[0].true_hypervolume:.6g}")
+    print(f"{'SEARCHER':<16}" + "".join(f"{'N=' + str(b):>22}" for b in reports[0].budgets))
+    for r in reports:
+        cells = []
+        for b in r.budgets:
+            med, lo, hi = r.summary(b)
+            cells.append(f"{med:.3f} [{lo:.3f}-{hi:.3f}]")
+        print(f"{r.searcher:<16}" + "".join(f"{c:>22}" for c in cells))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"table": args.table, "space": space.name,
+                                              "objectives": [[o.name, o.direction]
+                                                             for o in objectives],
+                                              "reports": [r.to_dict() for r in reports]},
+                                             indent=2))
+        print(f"[raynas] report -> {args.out}")
+    return 0
+
+
+def cmd_spaces_list(args: argparse.Namespace) -> int:
+    """``raynas spaces list``: one line per space file."""
+    from raynas.space import SearchSpace
+    from raynas.space.registry import list_spaces, spaces_dir
+
+    paths = list_spaces()
+    if not paths:
+        print(f"no search spaces found in {spaces_dir()}")
+        return 0
+    print(f"{'NAME':<20} {'FAMILY':<10} {'SUBNETS':>12}  FILE")
+    for path in paths:
+        try:
+            space = SearchSpace.load(path)
+        except RaynasError as exc:
+            print(f"{path.stem:<20} {'?':<10} {'invalid':>12}  {path}  ({exc})")
+            continue
+        size = space.size()
+        print(f"{space.name:<20} {space.family:<10} "
+              f"{(f'{size:,}' if size else 'infinite'):>12}  {path}")
+    return 0
+
+
+def cmd_spaces_show(args: argparse.Namespace) -> int:
+    """``raynas spaces show``: the dimensions of one space."""
+    from raynas.space.registry import load_space
+
+    space = load_space(args.name)
+    size = space.size()
+    print(f"{space.name}  (family {space.family}, "
+          f"{f'{size:,}' if size else 'infinitely many'} subnets, "
+          f"encoding {space.encoding_size} floats, fingerprint {space.fingerprint})")
+    if space.description:
+        print(space.description)
+    if space.model:
+        print("model: " + ", ".join(f"{k}={v}" for k, v in space.model.items()))
+    print(f"{'DIMENSION':<16} {'TYPE':<10} VALUES (bounds inclusive)")
+    for d in space.dims:
+        spec = d.spec()
+        kind = spec.pop("type")
+        if kind == "per_layer":
+            text = f"{spec['values']} per layer, {spec['depth']} layers"
+        elif kind == "choice":
+            text = str(spec["values"])
+        else:
+            text = f"[{spec['low']}, {spec['high']}]" + (" log" if spec.get("log") else "")
+        print(f"{d.name:<16} {kind:<10} {text}")
+    return 0
