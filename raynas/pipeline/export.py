@@ -1,0 +1,128 @@
+"""The export stage: the chosen Pareto point written as a static model (state dict, arch
+JSON, TorchScript, ONNX), each checked against the supernet; and where its inputs come from
+(a run's checkpoint, a run's Pareto front)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from raynas.errors import CheckpointError, ConfigError
+from raynas.pipeline.progress import say
+from raynas.search.searchers import Objective
+from raynas.tracking import Tracker
+
+if TYPE_CHECKING:
+    from raynas.pipeline.job import Job
+
+
+def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
+                 parent_id: str | None = None, pick: str | int | None = None,
+                 records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Export the chosen Pareto point as a static model; check it against the supernet.
+
+    ``records`` (every evaluated subnet, when at hand) keeps them in the replotted
+    ``pareto.png``, which adds a star at the exported point.
+    """
+    import torch
+
+    from raynas.evaluation.actor import evaluator_args
+    from raynas.evaluation.evaluator import Evaluator
+    from raynas.export.serialize import export_metadata, export_subnet
+    from raynas.search.plot import plot_pareto
+
+    cfg, space = job.cfg, job.space
+    chosen = choose(front, cfg.export.pick if pick is None else pick, job.objectives)
+    arch = space.validate(chosen["arch"])
+    with job.stage_run("export", parent_id):
+        if parent_id is None:
+            job.log_config()
+        tracker = job.tracker
+        # Re-measured on the target (in the meter actor there, with latency.resource).
+        with job.ray("export") if cfg.latency.resource else contextlib.nullcontext():
+            evaluator = Evaluator(**evaluator_args(cfg, checkpoint, space))
+            static = evaluator.prepare(arch)
+            record = evaluator.score(arch, static, measure=True)
+        example = evaluator.example_batch(256)
+        result = export_subnet(evaluator.supernet, static, space, arch, example,
+                               job.out / "subnet", cfg.export.formats, cfg.export.atol,
+                               task=job.task)
+        tracker.log_params({"arch_key": arch.key, "arch": arch.to_json()})
+        metric_names = [m.name for m in job.task.metrics]
+        tracker.log_metrics({
+            **{f"test_{k}": record[f"test_{k}"] for k in metric_names},
+            **{f"val_{k}": record[k] for k in metric_names},
+            "latency_ms": record["latency_ms"], "latency_ms_at_search": chosen["latency_ms"],
+            "latency_ms_measured": record["latency_measured_ms"],
+            "flops": record["flops"], "params": record["params"],
+            **{f"max_abs_diff_{k}": v for k, v in result.checks.items()},
+        })
+        tracker.log_artifacts(result.directory, "subnet")
+        if "torchscript" in result.files:
+            scripted = torch.jit.load(str(result.directory / result.files["torchscript"]))
+            # MLflow's torch flavour takes one array as an input example: models of several
+            # inputs (tokens and lengths) are logged without one.
+            names = job.task.input_names
+            tracker.log_model(scripted, "exported_subnet",
+                              example[names[0]][:1].numpy() if len(names) == 1 else None)
+        plot_pareto(records or front, front, job.out / "pareto.png",
+                    title=f"{cfg.name}: exported subnet", chosen=chosen,
+                    latency_budget_ms=cfg.search.latency_budget_ms,
+                    metric=job.objectives[0].name)
+        tracker.log_artifact(job.out / "pareto.png")
+        primary = job.task.primary.name
+        say(f"export: subnet {arch.key} -> {result.directory}  test {primary} "
+            f"{record[f'test_{primary}']:.3f}, {record['latency_measured_ms']:.3f} ms "
+            f"measured on {record['latency_target']}"
+            + (f" ({record['latency_ms']:.3f} ms by {record['latency_model']})"
+               if record["latency_model"] != "measured" else "")
+            + f"; formats {', '.join(result.files)} match the "
+            f"supernet (max |diff| {max(result.checks.values()):.2g})")
+    return {**export_metadata(result), "record": record}
+
+
+def choose(front: list[dict[str, Any]], pick: str | int,
+           objectives: Sequence[Objective] = ()) -> dict[str, Any]:
+    """The Pareto point to export: ``"best"`` (the best value of the first objective, ties
+    broken by the next ones; without objectives, the fastest) or an index into the front
+    ordered by latency."""
+    if not front:
+        raise ConfigError("the Pareto front is empty: no evaluated subnet meets the latency "
+                          "budget (search.latency_budget_ms); raise it or search longer")
+    if pick == "best":
+        objectives = tuple(objectives) or (Objective("latency_ms", "min"),)
+        return min(front, key=lambda r: tuple(
+            (-1.0 if o.direction == "max" else 1.0) * float(r[o.name]) for o in objectives))
+    if isinstance(pick, int) and not isinstance(pick, bool) and 0 <= pick < len(front):
+        return front[pick]
+    raise ConfigError(f"export.pick = {pick!r}: the Pareto front has {len(front)} points; "
+                      f"use 'best' or an index 0..{len(front) - 1} (ordered by latency)")
+
+
+def checkpoint_from_run(tracker: Tracker, run_id: str, dst: Path) -> Path:
+    """The checkpoint a run produced or used: its local path if still there, else the
+    ``checkpoint`` artifact of that run (or of the train run it names)."""
+    info = tracker.run_info(run_id)
+    local = info["tags"].get("raynas.checkpoint")
+    if local and Path(local).is_dir():
+        return Path(local)
+    source = info["tags"].get("raynas.train_run_id", run_id)
+    try:
+        return tracker.download_artifacts(source, "checkpoint", dst)
+    except Exception as exc:
+        raise CheckpointError(f"run {run_id}: no checkpoint found ({exc})".splitlines()[0]) \
+            from None
+
+
+def front_from_run(tracker: Tracker, run_id: str, dst: Path) -> list[dict[str, Any]]:
+    """The Pareto front a search run logged (its ``pareto.parquet`` artifact)."""
+    from raynas.search.results import read_records
+
+    try:
+        path = tracker.download_artifacts(run_id, "pareto.parquet", dst)
+    except Exception:
+        raise ConfigError(f"run {run_id}: has no pareto.parquet artifact; pass the id of a "
+                          f"search run") from None
+    return read_records(path)

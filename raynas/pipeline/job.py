@@ -1,0 +1,270 @@
+"""A raynas job: its config, tracker and MLflow runs, the job state behind ``--resume``, and
+``Job.run()``, which runs the stages (train -> search -> export) under one parent run.
+
+The stages live in their own modules (``train``, ``search``, ``export``, ``latency``); each
+takes the Job for its config, space, tracker and bookkeeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raynas.config import JobConfig, resolve_path
+from raynas.errors import ConfigError
+from raynas.pipeline.export import export_stage
+from raynas.pipeline.latency import profile_latency
+from raynas.pipeline.progress import say
+from raynas.pipeline.search import SearchSummary, finished_search, search_stage
+from raynas.pipeline.train import train_stage
+from raynas.runtime import Request, check_placeable, placement_watch, ray_session
+from raynas.search.searchers import Constraint, Objective
+from raynas.space import SearchSpace
+from raynas.space.registry import load_space
+from raynas.supernets import check_space
+from raynas.tasks import Task, build_task
+from raynas.tracking import Tracker, flatten
+
+STATE_FILE = "job-state.json"
+
+
+class Job:
+    """One job config bound to its space, output folder and tracker."""
+
+    def __init__(self, cfg: JobConfig, tracker: Tracker | None = None):
+        self.cfg = cfg
+        self.space: SearchSpace = load_space(cfg.space, base=Path(cfg.base_dir))
+        check_space(self.space)  # unknown family or unread dims: clear error before any work
+        self.task: Task = build_task(self.space, cfg.task.model_dump() if cfg.task else None)
+        if cfg.data.path and not resolve_path(cfg, cfg.data.path).exists():
+            raise ConfigError(f"data.path = {cfg.data.path!r}: does not exist")
+        self.out = cfg.out_dir
+        self._tracker = tracker
+        self._in_ray = False
+        self.objectives = search_objectives(cfg, self.task)
+        budget = cfg.search.latency_budget_ms
+        self.constraints = (Constraint("latency_ms", budget),) if budget else ()
+
+    @contextlib.contextmanager
+    def ray(self, *stages: str) -> Iterator[None]:
+        """Ray for the block: the job's cluster or embedded instance (reused if already up).
+
+        On entry, what ``stages`` ask Ray for is checked: on the embedded Ray, a request that
+        can never be placed is a ``ResourceError`` before any work. During the block, work
+        that waits to be placed is reported every few seconds (and stops the block after
+        ``ray.placement_timeout_s``), and Ctrl-C raises KeyboardInterrupt at once.
+        """
+        if self._in_ray:  # an outer block (Job.run) checked and watches already
+            yield
+            return
+        r = self.cfg.ray
+        with ray_session(r.address, r.num_cpus, r.resources):
+            check_placeable(self.resource_requests(stages), r.address)
+            with placement_watch(None, r.placement_timeout_s, say=say):
+                self._in_ray = True
+                try:
+                    yield
+                finally:
+                    self._in_ray = False
+
+    def resource_requests(self, stages: tuple[str, ...] | list[str]) -> list[Request]:
+        """What the named stages (``train``, ``search``, ``export``, ``profile``) ask Ray
+        for, in the job's terms (see ``raynas.runtime.check_placeable``)."""
+        out = []
+        if "train" in stages:
+            from raynas.training.trainer import train_request
+
+            out.append(train_request(self.cfg))
+        if "search" in stages:
+            from raynas.evaluation.actor import evaluator_request
+
+            out.append(evaluator_request(self.cfg))
+        if self.cfg.latency.resource and {"search", "export", "profile"} & set(stages):
+            from raynas.latency.remote import meter_request
+
+            out.append(meter_request(self.cfg.latency))
+        return out
+
+    @property
+    def tracker(self) -> Tracker:
+        """The job's tracker, opened on first use (bad input fails before a store is made)."""
+        if self._tracker is None:
+            # Looked up on the package, where the command line (and its tests) take it from.
+            from raynas import pipeline
+
+            self._tracker = pipeline.MlflowTracker(self.cfg.tracking_uri,
+                                                   self.cfg.experiment_name)
+        return self._tracker
+
+    # ---- runs ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def stage_run(self, name: str, parent_id: str | None,
+                  resume_id: str | None = None) -> Iterator[str | None]:
+        """An MLflow run for the block (``resume_id``: reopen that run instead); it ends
+        FINISHED, KILLED on Ctrl-C, or FAILED on any other error."""
+        if resume_id:
+            run_id = self.tracker.resume_run(resume_id)
+        else:
+            run_id = self.tracker.start_run(
+                name, parent_id=parent_id,
+                tags={"raynas.stage": name, "raynas.job": self.cfg.name,
+                      "raynas.space": self.space.name, "raynas.output_dir": str(self.out)})
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            self._mark_interrupted(name)
+            self.tracker.end_run("KILLED")
+            raise
+        except BaseException:
+            self.tracker.end_run("FAILED")
+            raise
+        self.tracker.end_run("FINISHED")
+
+    def log_config(self) -> None:
+        """Write the resolved config to the output folder and log it to the current run."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "config.yaml"
+        path.write_text(yaml.safe_dump(self.cfg.resolved(), sort_keys=False))
+        self.tracker.log_params(flatten(self.cfg.resolved()))
+        self.tracker.log_params({"space.fingerprint": self.space.fingerprint,
+                                 "space.size": self.space.size()})
+        self.tracker.log_artifact(path)
+
+    # ---- job state: what `raynas run --resume` continues ---------------------------------
+    def _mark_interrupted(self, name: str) -> None:
+        """Ctrl-C: say so in the job state (a running stage, and the job), so that the
+        state tells what ``--resume`` will continue."""
+        if not self.state_path.is_file():
+            return
+        state = json.loads(self.state_path.read_text())
+        if state.get(name, {}).get("status") == "running":
+            self.save_state(name, status="interrupted")
+        elif name == self.cfg.name and state.get("parent_run_id"):
+            self.save_state(status="interrupted")
+            say(f"interrupted; `raynas run ... --resume` (same job and overrides) continues "
+                f"it from {self.state_path}")
+
+    @property
+    def state_path(self) -> Path:
+        return self.out / STATE_FILE
+
+    def load_state(self) -> dict[str, Any]:
+        """The state of the interrupted job in this output directory (for ``--resume``)."""
+        if not self.state_path.is_file():
+            raise ConfigError(f"--resume: {self.state_path} does not exist, so there is no "
+                              f"job to resume in {self.out}; run without --resume (or pass "
+                              "the --output-dir of the interrupted job)")
+        state = json.loads(self.state_path.read_text())
+        now = json.loads(json.dumps(self.cfg.resolved(), default=str))
+        before, now = flatten(state.get("config", {})), flatten(now)
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if changed:
+            raise ConfigError(
+                "--resume: the job differs from the interrupted one in " + ", ".join(
+                    f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed[:5])
+                + "; resume with the same job file and overrides")
+        return state
+
+    def save_state(self, stage: str | None = None, **values: Any) -> None:
+        """Merge ``values`` into the job state (under ``stage`` if given), atomically."""
+        state = (json.loads(self.state_path.read_text()) if self.state_path.is_file()
+                 else {"config": self.cfg.resolved()})
+        if stage:
+            state[stage] = {**state.get(stage, {}), **values}
+        else:
+            state.update(values)
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, default=str))
+        tmp.replace(self.state_path)
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """Train, search and export under one parent run; return a summary.
+
+        ``resume``: continue the job interrupted in this output directory: a finished
+        training is reused, an interrupted one continues from its latest checkpoint, an
+        interrupted search continues its Tune experiment, all in the same MLflow runs.
+        """
+        t0 = time.perf_counter()
+        state = self.load_state() if resume else {}
+        if not resume and self.state_path.is_file():
+            self.state_path.unlink()  # a fresh job in this directory
+        with contextlib.ExitStack() as ray_up:
+            # Ray first: what it can never place is refused before any MLflow run or output.
+            ray_up.enter_context(self.ray("train", "search"))
+            with self.stage_run(self.cfg.name, None, state.get("parent_run_id")) as parent:
+                if resume:
+                    say(f"resuming job {self.cfg.name!r} in {self.out} (MLflow run {parent})")
+                else:
+                    self.save_state(parent_run_id=parent)
+                    self.log_config()
+                train, search = state.get("train", {}), state.get("search", {})
+                if train.get("status") == "finished" and Path(train["checkpoint"]).is_dir():
+                    checkpoint, train_id = Path(train["checkpoint"]), train["run_id"]
+                    say(f"train: finished before, reusing {checkpoint}")
+                else:
+                    checkpoint, train_id = self.train(parent, resume=train or None)
+                if search.get("status") == "finished":
+                    summary = finished_search(self, search["run_id"])
+                    say(f"search: finished before, {len(summary.records)} subnets")
+                else:
+                    summary = self.search(checkpoint, parent, train_run_id=train_id,
+                                          resume=search or None)
+                ray_up.close()  # the export runs here, Ray down
+                exported = self.export(checkpoint, summary.front, parent,
+                                       records=summary.records)
+                self.tracker.log_metrics({"job_wall_s": time.perf_counter() - t0})
+        self.save_state(status="finished")
+        return {"parent_run_id": parent, "checkpoint": checkpoint, "front": summary.front,
+                "export": exported, "wall_s": time.perf_counter() - t0}
+
+    # ---- stages (each in its own module) ---------------------------------------------------
+    def train(self, parent_id: str | None = None,
+              resume: dict[str, Any] | None = None) -> tuple[Path, str | None]:
+        """Train the supernet; see :func:`raynas.pipeline.train.train_stage`."""
+        return train_stage(self, parent_id, resume)
+
+    def search(self, checkpoint: str | Path, parent_id: str | None = None,
+               train_run_id: str | None = None,
+               resume: dict[str, Any] | None = None) -> SearchSummary:
+        """Search the supernet's subnets; see :func:`raynas.pipeline.search.search_stage`."""
+        return search_stage(self, checkpoint, parent_id, train_run_id, resume)
+
+    def export(self, checkpoint: str | Path, front: list[dict[str, Any]],
+               parent_id: str | None = None, pick: str | int | None = None,
+               records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Export a Pareto point; see :func:`raynas.pipeline.export.export_stage`."""
+        return export_stage(self, checkpoint, front, parent_id, pick, records)
+
+    def profile_latency(self, n: int, out: str | Path | None = None,
+                        lut: str | Path | None = None) -> dict[str, Any]:
+        """Profile subnets' latency; see :func:`raynas.pipeline.latency.profile_latency`."""
+        return profile_latency(self, n, out, lut)
+
+
+# Record fields every search can optimise besides the task's metrics.
+SUBNET_FIELDS = {"latency_ms": "min", "flops": "min", "params": "min"}
+
+
+def search_objectives(cfg: JobConfig, task: Task) -> tuple[Objective, ...]:
+    """``search.objectives`` checked against what a record holds (the task's metrics and
+    the subnet's latency, FLOPs and parameters); default: the task's primary metric and
+    latency."""
+    if cfg.search.objectives is None:
+        return (Objective(task.primary.name, task.primary.goal), Objective("latency_ms", "min"))
+    known = {m.name: m.goal for m in task.metrics} | SUBNET_FIELDS
+    out = []
+    for i, o in enumerate(cfg.search.objectives):
+        if o.name not in known:
+            raise ConfigError(f"search.objectives[{i}].name = {o.name!r}: not a metric of task "
+                              f"{task.name!r}; choose from {', '.join(known)}")
+        out.append(Objective(o.name, o.goal))
+    if len({o.name for o in out}) != len(out):
+        raise ConfigError("search.objectives: an objective is named twice")
+    return tuple(out)

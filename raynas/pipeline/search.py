@@ -1,0 +1,202 @@
+"""The search stage: subnets of the trained supernet searched through Ray Tune and the
+shared evaluator actor; every evaluation kept in ``evaluations.parquet`` and MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from raynas.checkpoint import load_checkpoint
+from raynas.config import resolve_path
+from raynas.latency.drift import DriftMonitor
+from raynas.latency.table import LatencyTable
+from raynas.pipeline.progress import say
+from raynas.runtime import kill_point
+from raynas.search.pareto import default_reference, hypervolume
+from raynas.tracking import Tracker
+
+if TYPE_CHECKING:
+    from raynas.pipeline.job import Job
+
+
+@dataclass
+class SearchSummary:
+    """What a search produced: every evaluated record, the Pareto front (and its Parquet
+    file) and the search run's id."""
+
+    records: list[dict[str, Any]]
+    front: list[dict[str, Any]]
+    pareto_path: Path
+    run_id: str | None
+
+
+def finished_search(job: Job, run_id: str | None) -> SearchSummary:
+    """The summary of a search that finished before (``--resume``), read from its files."""
+    from raynas.search.results import read_records
+
+    return SearchSummary(read_records(job.out / "evaluations.parquet"),
+                         read_records(job.out / "pareto.parquet"),
+                         job.out / "pareto.parquet", run_id)
+
+
+def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
+                 train_run_id: str | None = None,
+                 resume: dict[str, Any] | None = None) -> SearchSummary:
+    """Search the trained supernet's subnets through Ray Tune and the evaluator actor.
+
+    ``resume``: the job state of an interrupted search: its Tune experiment is restored
+    (trials and searcher state), and the subnets it had evaluated are not evaluated
+    again nor logged twice.
+    """
+    from raynas.evaluation.actor import create_evaluator_actor, stop_evaluator_actor
+    from raynas.search.plot import plot_pareto
+    from raynas.search.registry import create_searcher
+    from raynas.search.results import read_records, write_records
+    from raynas.search.tune_driver import can_resume, run_search
+
+    cfg, space, tracker = job.cfg, job.space, job.tracker
+    s = cfg.search
+    load_checkpoint(checkpoint, expected=space)  # a wrong checkpoint fails here, clearly
+    resume = resume or {}
+    with job.stage_run("search", parent_id, resume.get("run_id")) as run_id:
+        if parent_id is None:
+            job.log_config()
+        tune_name = resume.get("tune_name") or f"search-{run_id or uuid.uuid4().hex}"[:15]
+        table = job.out / "evaluations.parquet"
+        prior = read_records(table) if resume and table.is_file() else []
+        restore = bool(resume) and can_resume(cfg.storage_path, tune_name)
+        if resume:
+            say(f"search: resuming with {len(prior)} subnets evaluated before"
+                + ("" if restore else " (no Tune experiment saved yet: starting a new "
+                   "one that knows them)"))
+        if resume and not restore:
+            tune_name = f"search-{uuid.uuid4().hex}"[:15]
+        job.save_state("search", run_id=run_id, tune_name=tune_name, status="running")
+        tracker.set_tags({"raynas.checkpoint": str(Path(checkpoint).resolve()),
+                          **({"raynas.train_run_id": train_run_id} if train_run_id else {})})
+        with job.ray("search"):
+            if cfg.latency.resource:  # a missing target node fails here, clearly
+                from raynas.latency.remote import meter_actor
+
+                meter_actor(space, cfg.latency)
+            evaluator = create_evaluator_actor(cfg, checkpoint, space, known=prior)
+            searcher = create_searcher(
+                s.searcher, space=space, objectives=job.objectives,
+                constraints=job.constraints, seed=cfg.seed,
+                **{"population_size": s.population_size, **s.options})
+            say(f"search: {s.searcher}, {s.budget} subnets, {s.subnets_per_trial} per "
+                f"Tune trial" + (f", latency budget {s.latency_budget_ms} ms"
+                                 if s.latency_budget_ms else ""))
+            # One MLflow series per objective, plus latency (the front's other axis).
+            logged = list(dict.fromkeys([o.name for o in job.objectives] + ["latency_ms"]))
+            lat = cfg.latency
+            drift = DriftMonitor(lat.drift_bound, lat.drift_window)
+            so_far: list[dict[str, Any]] = list(prior)
+
+            def row_of(r: dict[str, Any]) -> dict[str, float]:
+                row = {f"subnet_{k}": r[k] for k in logged}
+                if "latency_measured_ms" in r and r["latency_model"] != "measured":
+                    row["subnet_latency_measured_ms"] = r["latency_measured_ms"]
+                return row
+
+            # A record's MLflow step is its row in evaluations.parquet, the durable record:
+            # a resumed search logs the steps the lost driver had written but not logged.
+            if prior:
+                lost = log_missing(tracker, [(i, row_of(r)) for i, r in enumerate(prior)])
+                if lost:
+                    say(f"search: logged {lost} subnet metric values to MLflow that the "
+                        "interrupted run had written to evaluations.parquet only")
+
+            def log_records(batch: list[dict[str, Any]]) -> None:
+                start = len(so_far)
+                so_far.extend(batch)  # the table grows as results arrive
+                write_records(job.out / "evaluations.parquet", so_far, space)
+                kill_point("search.records_written")  # tests: lose the driver right here
+                tracker.log_metric_rows([(start + i, row_of(r)) for i, r in enumerate(batch)])
+                n = len(so_far) - 1
+                warning = drift.update(batch)
+                if drift.mean_error is not None and any(
+                        "latency_measured_ms" in r for r in batch):
+                    tracker.log_metrics({"latency_drift_error": drift.mean_error}, step=n)
+                if warning:
+                    say(f"WARNING: {warning}")
+                    tracker.set_tags({"raynas.latency_drift": "warning"})
+
+            outcome = run_search(
+                searcher, evaluator, budget=s.budget,
+                subnets_per_trial=s.subnets_per_trial,
+                max_concurrent_trials=s.max_concurrent_trials,
+                storage_path=cfg.storage_path, objectives=job.objectives,
+                constraints=job.constraints, on_records=log_records, name=tune_name,
+                resume=restore, prior=prior)
+            stop_evaluator_actor(evaluator)
+        records, front = outcome.records, outcome.front
+        save_measured(job, records)
+        write_records(job.out / "evaluations.parquet", records, space)
+        pareto_path = write_records(job.out / "pareto.parquet", front, space)
+        plot_pareto(records, front, job.out / "pareto.png",
+                    title=f"{cfg.name}: {space.name} ({s.searcher})",
+                    latency_budget_ms=s.latency_budget_ms, metric=job.objectives[0].name)
+        reference = default_reference(job.objectives, records)
+        unique = len({r["arch_key"] for r in records})
+        metrics = {
+            "evaluated": len(records), "unique_subnets": unique, "front_size": len(front),
+            "hypervolume": hypervolume(records, job.objectives, reference, job.constraints),
+            "search_wall_s": outcome.wall_s,
+            "subnets_per_s": len(records) / max(outcome.wall_s, 1e-9),
+        }
+        if drift.checks:
+            metrics["latency_drift_checks"] = drift.checks
+            metrics["latency_drift_warnings"] = drift.warnings
+        if front:
+            first = job.objectives[0]
+            pick = max if first.direction == "max" else min
+            metrics[f"best_{first.name}"] = pick(r[first.name] for r in front)
+            metrics["front_latency_span"] = front[-1]["latency_ms"] / front[0]["latency_ms"]
+        tracker.log_metrics(metrics)
+        tracker.log_params({"hypervolume.reference": reference})
+        summary = {**metrics, "hypervolume_reference": reference,
+                   "objectives": [[o.name, o.direction] for o in job.objectives],
+                   "latency_budget_ms": s.latency_budget_ms, "searcher": s.searcher}
+        (job.out / "search.json").write_text(json.dumps(summary, indent=2))
+        for name in ("evaluations.parquet", "pareto.parquet", "pareto.png", "search.json"):
+            tracker.log_artifact(job.out / name)
+        job.save_state("search", status="finished")
+        say(f"search: {len(records)} subnets ({unique} unique) in {outcome.wall_s:.1f} s, "
+            f"Pareto front {len(front)} points -> {pareto_path}")
+    return SearchSummary(records, front, pareto_path, run_id)
+
+
+def log_missing(tracker: Tracker, rows: list[tuple[int, dict[str, float]]]) -> int:
+    """Log the values of ``(step, {metric: value})`` rows that the tracker's run does not
+    have at that step yet; return how many. Safe to repeat: nothing is logged twice."""
+    have = {k: tracker.metric_steps(k) for k in {k for _, row in rows for k in row}}
+    missing = [(step, {k: v for k, v in row.items() if step not in have[k]
+                       and v is not None and math.isfinite(v)}) for step, row in rows]
+    missing = [(step, row) for step, row in missing if row]
+    tracker.log_metric_rows(missing)
+    return sum(len(row) for _, row in missing)
+
+
+def save_measured(job: Job, records: list[dict[str, Any]]) -> None:
+    """Append what the search measured to ``latency.table`` (the driver owns the file)."""
+    lat = job.cfg.latency
+    if not lat.table:
+        return
+    table = LatencyTable(resolve_path(job.cfg, lat.table))
+    from raynas.latency.models import input_key
+
+    inputs = input_key(job.space, lat.batch_size)
+    before = len(table)
+    for r in records:
+        ms = (r["latency_ms"] if r.get("latency_model") == "measured"
+              else r.get("latency_measured_ms"))
+        if ms is not None:
+            table.add(job.space.validate(r["arch"]), ms, lat.target, lat.batch_size,
+                      lat.threads, r.get("flops"), r.get("params"), inputs=inputs)
+    table.save()
+    say(f"latency table {table.path}: {len(table) - before} new rows, {len(table)} in all")
