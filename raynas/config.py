@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from raynas.errors import ConfigError, describe_value
 
@@ -24,13 +24,32 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Component(_Section):
+    """A component chosen by registered name, with its own options. In YAML either the name
+    alone (``sampler: sandwich``) or ``{name: sandwich, options: {...}}``."""
+
+    name: str = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+def _component(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+ComponentField = Annotated[Component, BeforeValidator(_component)]
+
+
 class DataConfig(_Section):
-    name: Literal["digits", "parquet"] = "digits"
-    path: str | None = Field(None, description="Parquet file (name: parquet)")
-    label_column: str = "label"
+    name: str = Field("digits", description="a dataset of the job's task: digits, parquet, "
+                      "image_folder (classification); generated_tagging, parquet_tagging "
+                      "(tagging); or a user's, registered under raynas.datasets")
+    path: str | None = Field(None, description="file or folder of datasets that read one")
+    options: dict[str, Any] = Field(default_factory=dict, description="the dataset's own "
+                                    "settings, e.g. {label_column: target} for parquet")
+    batch_size: int = Field(256, ge=1, description="batch size of evaluation passes")
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="split seed (numpy's range)")
 
 
 class RayConfig(_Section):
@@ -45,6 +64,10 @@ class RayConfig(_Section):
         None, description="where Ray Train checkpoints and the Ray Tune experiment live "
         "(default <output_dir>/ray); on a multi-node cluster, storage every node reaches: "
         "an NFS path, s3://bucket/prefix or gs://bucket/prefix")
+    placement_timeout_s: float | None = Field(
+        None, gt=0, description="on a cluster, how long a stage may wait for Ray to place its "
+        "workers or actors before it stops with an error (None: wait, reporting what is "
+        "pending every few seconds); on the embedded Ray an impossible request fails at once")
 
 
 class TrackingConfig(_Section):
@@ -56,20 +79,26 @@ class TrainConfig(_Section):
     epochs: int = Field(20, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1, description="per worker")
     lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-5, ge=0)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: ComponentField = Field(
+        Component(name="sgd"), description="sgd (options: momentum, nesterov) or adamw "
+        "(beta1, beta2, eps), or a user's under raynas.optimizers")
     warmup_epochs: int = Field(1, ge=0)
     num_workers: int = Field(2, ge=1, description="Ray Train data-parallel workers")
     cpus_per_worker: float = Field(1, gt=0)
-    use_gpu: bool = False
+    use_gpu: bool = Field(False, description="one GPU per worker: model and batches on it, "
+                          "NCCL all-reduce")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
         "PACK", description="how Ray places the training workers: PACK fills a node first, "
         "SPREAD puts them on different nodes where it can")
-    sampler: Literal["sandwich", "uniform"] = "sandwich"
+    sampler: ComponentField = Field(
+        Component(name="sandwich"), description="which subnets train each step: sandwich, "
+        "uniform, largest_first, or a user's under raynas.samplers")
     num_subnets: int = Field(4, ge=1, le=16, description="subnets per step (sandwich: "
                              "largest + smallest + the rest random)")
-    distill: Literal["kl", "none"] = "kl"
+    distill: ComponentField = Field(
+        Component(name="kl"), description="in-place distillation from the first (largest) "
+        "subnet of each step: kl (option: temperature) or none")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)
     max_failures: int = Field(2, ge=0, description="worker failures survived by restarting "
@@ -82,6 +111,8 @@ class EvaluatorConfig(_Section):
     calib_batches: int = Field(2, ge=1, description="BN recalibration batches per subnet")
     calib_batch_size: int = Field(256, ge=1)
     num_cpus: float = Field(1, gt=0)
+    num_gpus: float = Field(0, ge=0, description="GPUs of the evaluator actor: with one, "
+                            "subnets are scored on it")
 
 
 class LatencyConfig(_Section):
@@ -89,6 +120,8 @@ class LatencyConfig(_Section):
         "measured", description="where a subnet's latency comes from: timed on the target, "
         "summed from a per-op lookup table, or predicted (learned model, or linear in FLOPs)")
     target: str = Field("local-cpu", description="device name recorded with every latency")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$", description="torch device "
+                        "the subnets are timed on: cpu, or cuda[:N] (synchronised timing)")
     batch_size: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)
     min_run_time_s: float = Field(0.02, gt=0, description="timing window per subnet")
@@ -110,15 +143,21 @@ class LatencyConfig(_Section):
     drift_window: int = Field(20, ge=2, description="recent checked subnets the error averages")
 
 
+class ObjectiveConfig(_Section):
+    name: str = Field(min_length=1)
+    goal: Literal["max", "min"]
+
+
 class SearchConfig(_Section):
     searcher: str = "optuna_nsga2"
     budget: int = Field(200, ge=1, description="subnets to evaluate")
     subnets_per_trial: int = Field(16, ge=1, description="subnets each Tune trial evaluates")
     max_concurrent_trials: int = Field(2, ge=1)
     latency_budget_ms: float | None = Field(None, gt=0)
-    latency_objective: bool = Field(
-        True, description="latency as a second objective (a Pareto front); false: maximise "
-        "accuracy alone under search.latency_budget_ms")
+    objectives: list[ObjectiveConfig] | None = Field(
+        None, description="what the search optimises: metrics of the task (e.g. accuracy, "
+        "loss), latency_ms, flops or params, each with a goal (max or min); default: the "
+        "task's primary metric and latency_ms")
     population_size: int = Field(32, ge=2, description="population of NSGA-II and evolution")
     options: dict[str, Any] = Field(
         default_factory=dict, description="searcher-specific settings, e.g. "
@@ -128,8 +167,8 @@ class SearchConfig(_Section):
 
 class ExportConfig(_Section):
     pick: Literal["best"] | Annotated[int, Field(ge=0)] = Field(
-        "best", description="'best' (highest accuracy within the latency budget) or the "
-        "index of a Pareto point, ordered by latency")
+        "best", description="'best' (the best value of the first search objective within the "
+        "latency budget) or the index of a Pareto point, ordered by latency")
     formats: tuple[Literal["torchscript", "onnx"], ...] = ("torchscript", "onnx")
     atol: float = Field(1e-4, gt=0, description="max |exported - supernet| output difference")
 
@@ -137,8 +176,12 @@ class ExportConfig(_Section):
 class JobConfig(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     space: str
-    seed: int = 0
+    # torch, numpy and Optuna seeds must lie in [0, 2**32 - 1]: refuse others up front.
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     output_dir: str | None = None
+    task: ComponentField | None = Field(
+        None, description="the task the family's models learn: classification, tagging, or "
+        "a user's under raynas.tasks (default: the family's first task)")
     data: DataConfig = DataConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -265,11 +308,7 @@ def _check_cross_fields(cfg: JobConfig, source: str) -> None:
     if cfg.search.searcher not in searcher_names():
         raise ConfigError(f"{source}: search.searcher = {cfg.search.searcher!r}: unknown; "
                           f"choose one of {', '.join(searcher_names())}")
-    if cfg.data.name == "parquet" and not cfg.data.path:
-        raise ConfigError(f"{source}: data.path is required when data.name = 'parquet'")
-    if not cfg.search.latency_objective and cfg.search.latency_budget_ms is None:
-        raise ConfigError(f"{source}: search.latency_objective = false needs "
-                          "search.latency_budget_ms (latency must be an objective or a budget)")
+    _check_components(cfg, source)
     lat = cfg.latency
     if lat.model == "lut" and not lat.lut:
         raise ConfigError(f"{source}: latency.lut is required when latency.model = 'lut' "
@@ -297,3 +336,37 @@ def resolve_path(cfg: JobConfig, value: str) -> Path:
     if p.is_absolute() or p.exists():
         return p
     return Path(cfg.base_dir) / p
+
+
+def _check_components(cfg: JobConfig, source: str) -> None:
+    """Names and options of the training components, and pairs that cannot work."""
+    from raynas.registry import check_options
+    from raynas.tasks import DATASETS
+    from raynas.training.losses import DISTILLERS
+    from raynas.training.optim import OPTIMIZERS
+    from raynas.training.samplers import SAMPLERS
+
+    t = cfg.train
+    try:
+        dataset = DATASETS.get(cfg.data.name)
+        check_options("data.options", cfg.data.name, "dataset", dataset.load,
+                      cfg.data.options, ("task", "path", "val_fraction", "test_fraction",
+                                         "seed"))
+        if dataset.needs_path and not cfg.data.path:
+            raise ConfigError(f"data.path is required when data.name = {cfg.data.name!r}")
+        sampler = SAMPLERS.get(t.sampler.name)
+        check_options("train.sampler.options", t.sampler.name, "sampler", sampler,
+                      t.sampler.options, ("space", "num_subnets", "seed"))
+        distiller = DISTILLERS.get(t.distill.name)
+        check_options("train.distill.options", t.distill.name, "distillation loss",
+                      distiller, t.distill.options)
+        check_options("train.optimizer.options", t.optimizer.name, "optimizer",
+                      OPTIMIZERS.get(t.optimizer.name), t.optimizer.options, ("groups", "lr"))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if distiller.needs_teacher and not sampler.teacher_first and t.num_subnets > 1:
+        teachers = [n for n in SAMPLERS.names() if SAMPLERS.get(n).teacher_first]
+        raise ConfigError(
+            f"{source}: train.distill = {t.distill.name!r} distils from the largest subnet, "
+            f"but train.sampler = {t.sampler.name!r} does not train it first; use a sampler "
+            f"that does ({', '.join(teachers)}) or train.distill=none")

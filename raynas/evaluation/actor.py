@@ -6,6 +6,7 @@ from pathlib import Path
 
 from raynas.config import JobConfig, resolve_path
 from raynas.evaluation.evaluator import Evaluator
+from raynas.runtime import Request, is_embedded, wait_ready
 from raynas.space import SearchSpace
 
 
@@ -21,6 +22,10 @@ def evaluator_args(cfg: JobConfig, checkpoint: str | Path, space: SearchSpace) -
         "evaluator": cfg.search.evaluator.model_dump(),
         "expected_space": space.to_dict(),
         "threads": max(1, int(cfg.search.evaluator.num_cpus)),
+        "task": cfg.task.model_dump() if cfg.task else None,
+        # Ray sets CUDA_VISIBLE_DEVICES for an actor that holds a GPU: "cuda" is its own.
+        "device": "cuda" if cfg.search.evaluator.num_gpus > 0 else "cpu",
+        "seed": cfg.seed,
     }
 
 
@@ -31,6 +36,21 @@ def latency_args(cfg: JobConfig) -> dict:
         if lat.get(key):
             lat[key] = str(resolve_path(cfg, lat[key]).resolve())
     return lat
+
+
+def evaluator_request(cfg: JobConfig, trial_cpus: float = 0.5) -> Request:
+    """What a search asks Ray for at least: the evaluator actor and, beside it, one Tune
+    trial (``trial_cpus``, as ``run_search`` gives each), to refuse it up front when it can
+    never be placed."""
+    e = cfg.search.evaluator
+    gpus = float(e.num_gpus)
+    return Request(
+        f"search.evaluator.num_cpus = {e.num_cpus:g}"
+        + (f" and num_gpus = {gpus:g}" if gpus else "")
+        + f" for the evaluator actor, plus {trial_cpus:g} CPU for a Tune trial beside it",
+        ({"CPU": e.num_cpus, "GPU": gpus}, {"CPU": trial_cpus}), "PACK",
+        "lower search.evaluator.num_cpus, or give Ray more (ray.num_cpus, or a cluster "
+        "with ray.address)")
 
 
 class EvaluatorActor(Evaluator):
@@ -63,14 +83,17 @@ def create_evaluator_actor(cfg: JobConfig, checkpoint: str | Path, space: Search
     from raynas.checkpoint import read_checkpoint_bytes
 
     actor_cls = ray.remote(EvaluatorActor).options(
-        num_cpus=cfg.search.evaluator.num_cpus, max_restarts=3, max_task_retries=3,
+        num_cpus=cfg.search.evaluator.num_cpus, num_gpus=cfg.search.evaluator.num_gpus,
+        max_restarts=3, max_task_retries=3,
     )
     args = evaluator_args(cfg, checkpoint, space)
     del args["checkpoint"]
     shared = [ray.put(read_checkpoint_bytes(checkpoint)), ray.put(list(known or []))]
     handle = actor_cls.remote(shared, **args)
     _SHARED[handle._actor_id.hex()] = shared
-    ray.get(handle.ready.remote())  # surfaces load errors (bad checkpoint) here, once
+    # Surfaces load errors (bad checkpoint) here, once; on a cluster, says while it waits.
+    wait_ready(handle.ready.remote(), "the evaluator actor", cfg.ray.placement_timeout_s,
+               report=not is_embedded(cfg.ray.address))
     return handle
 
 

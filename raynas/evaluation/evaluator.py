@@ -1,10 +1,13 @@
 """``Evaluator``: checkpoint + archs -> metrics. Pure Python/torch, no Ray.
 
-Loaded once (the supernet, the data, the latency model), then asked for many archs. Each
-subnet gets its BatchNorm statistics recalibrated on training batches before it is scored
-(statistics gathered while training the whole supernet belong to no single subnet), then
-its validation and test accuracy, its extracted static model's measured latency, FLOPs and
-parameters. Results are cached by Arch key: asking twice costs nothing.
+Loaded once (the supernet, the task and its data, the latency model), then asked for many
+archs. Each subnet gets its BatchNorm statistics recalibrated on a seeded random sample of
+training batches before it is scored (statistics gathered while training the whole supernet
+belong to no single subnet), then the task's metrics on the validation split (what the
+search optimises) and on the test split (reported only, as ``test_<metric>``), its extracted
+static model's latency, FLOPs and parameters. Results are cached by Arch key: asking twice
+costs nothing. With a GPU (``device``) the scoring runs there; latency is timed on the
+latency section's own device.
 """
 
 from __future__ import annotations
@@ -16,52 +19,63 @@ from typing import Any
 import torch
 
 from raynas.checkpoint import load_checkpoint
-from raynas.config import DataConfig, EvaluatorConfig, LatencyConfig
-from raynas.data import Splits, load_data
+from raynas.config import EvaluatorConfig, LatencyConfig
 from raynas.export import extract
 from raynas.latency import MeasuredLatency, count_flops, count_params
 from raynas.latency.models import LatencyModel, build_latency_model, build_measured
 from raynas.nn import recalibrate_batchnorm
 from raynas.space import Arch, SearchSpace
-from raynas.supernets import create_supernet, get_family
+from raynas.supernets import create_supernet
+from raynas.tasks import build_task, load_task_data, make_loader, sample_batches, to_device
 
 
 class Evaluator:
     """Scores subnets of one trained supernet.
 
-    ``evaluate`` returns one record per arch: ``arch_key``, ``arch`` (dict), ``accuracy``
-    (validation, the search objective), ``test_accuracy``, ``latency_ms`` with
-    ``latency_target``, ``latency_model``, ``flops``, ``params``, ``eval_s`` and
-    ``evaluated_at`` (unix time); ``latency_measured_ms`` too where the subnet was also timed
-    to check a non-measured latency model.
+    ``evaluate`` returns one record per arch: ``arch_key``, ``arch`` (dict), every metric of
+    the task on the validation split under its own name (``accuracy``, ``loss``...) and on the
+    test split as ``test_<name>``, ``latency_ms`` with ``latency_target``, ``latency_model``,
+    ``flops``, ``params``, ``eval_device`` (where it was scored: cpu or cuda), ``eval_s`` and
+    ``evaluated_at`` (unix time);
+    ``latency_measured_ms`` too where the subnet was also timed to check a non-measured
+    latency model, and ``latency_node`` wherever a latency was measured.
     """
 
     def __init__(self, checkpoint: str | bytes, data: Mapping[str, Any],
                  latency: Mapping[str, Any], evaluator: Mapping[str, Any] | None = None,
                  expected_space: dict | None = None, threads: int = 1,
-                 known: Sequence[Mapping[str, Any]] = ()):
+                 known: Sequence[Mapping[str, Any]] = (), task: Mapping[str, Any] | None = None,
+                 device: str = "cpu", seed: int = 0):
         """``checkpoint``: a checkpoint directory, or its ``supernet.pt`` bytes. ``known``:
         records evaluated before (a resumed search); asking for them costs nothing."""
         torch.set_num_threads(threads)
         expected = SearchSpace.from_dict(expected_space) if expected_space else None
         state = load_checkpoint(checkpoint, expected=expected)
         self.space: SearchSpace = state["space"]
+        self.device = torch.device(device)
         self.supernet = create_supernet(self.space)
         self.supernet.load_state_dict(state["model"])
-        self.supernet.eval()
-        self.input_shape = get_family(self.space.family).input_shape(dict(self.space.model))
-        self.splits: Splits = load_data(DataConfig(**data), self.input_shape)
+        self.supernet.to(self.device).eval()
+        self.task = build_task(self.space, task)
+        self.data = load_task_data(self.task, data)
         self.cfg = EvaluatorConfig(**(evaluator or {}))
+        batch = int(data.get("batch_size", 256))
+        # Held once per actor, as batches: the val / test splits are what every subnet is
+        # scored on; the calibration batches are a seeded random sample of the training set.
+        self.val_batches = [to_device(b, self.device) for b in make_loader(self.data.val, batch)]
+        self.test_batches = [to_device(b, self.device)
+                             for b in make_loader(self.data.test, batch)]
+        self._calib = [to_device(b, self.device) for b in sample_batches(
+            self.data.train, self.cfg.calib_batches, self.cfg.calib_batch_size, seed)]
         lat = LatencyConfig(**latency)
         self.meter = MeasuredLatency(lat.target, lat.batch_size, lat.threads,
-                                     lat.min_run_time_s)
+                                     lat.min_run_time_s, device=lat.device)
         self.latency: LatencyModel = build_latency_model(lat, self.space, self.meter)
         self.measured = (self.latency if self.latency.kind == "measured"
                          else build_measured(lat, self.space, self.meter))
         self.drift_share = lat.drift_share if self.latency.kind != "measured" else 0.0
-        b = self.cfg.calib_batch_size
-        self._calib = [self.splits.x_train[i * b:(i + 1) * b]
-                       for i in range(self.cfg.calib_batches)]
+        ex = self.task.example_inputs(1)
+        self._flops_inputs = tuple(ex[k] for k in self.task.input_names)
         self._cache: dict[str, dict[str, Any]] = {r["arch_key"]: dict(r) for r in known}
         self.calls = 0
         self.scored = 0  # subnets evaluated by this process (cache hits excluded)
@@ -91,24 +105,23 @@ class Evaluator:
               ) -> dict[str, Any]:
         """Metrics of ``static``, the subnet ``prepare(arch)`` returned (not cached).
 
-        ``measure``: also time it here (``latency_measured_ms``) whatever the latency model;
+        ``measure``: also time it (``latency_measured_ms``) whatever the latency model;
         a seeded share (``latency.drift_share``) of subnets gets that anyway.
         """
-        with torch.no_grad():
-            val = float((static(self.splits.x_val).argmax(-1) == self.splits.y_val).float().mean())
-            test = float((static(self.splits.x_test).argmax(-1) == self.splits.y_test)
-                         .float().mean())
-        example = self.meter.example(self.input_shape)
+        val = self.task.evaluate(static, self.val_batches, self.device)
+        test = self.task.evaluate(static, self.test_batches, self.device)
+        cpu = static.to("cpu")  # timing moves it to the latency device itself
         record = {
             "arch_key": arch.key,
             "arch": arch.to_dict(),
-            "accuracy": val,
-            "test_accuracy": test,
-            "latency_ms": self.latency.latency_ms(arch, static),
+            **val,
+            **{f"test_{k}": v for k, v in test.items()},
+            "latency_ms": self.latency.latency_ms(arch, cpu),
             "latency_target": self.latency.target,
             "latency_model": self.latency.kind,
-            "flops": count_flops(static, example[:1]),
-            "params": count_params(static),
+            "flops": count_flops(cpu, self._flops_inputs),
+            "params": count_params(cpu),
+            "eval_device": self.device.type,
         }
         if self.latency.node is not None:
             record["latency_node"] = self.latency.node
@@ -116,7 +129,9 @@ class Evaluator:
             # Also timed here, so the predicted value can be checked against the truth.
             record["latency_measured_ms"] = (
                 record["latency_ms"] if self.latency.kind == "measured"
-                else self.measured.latency_ms(arch, static))
+                else self.measured.latency_ms(arch, cpu))
+            if self.measured.node is not None:
+                record["latency_node"] = self.measured.node
         return record
 
     def prepare(self, arch: Arch) -> torch.nn.Module:
@@ -126,9 +141,14 @@ class Evaluator:
         equals the static model's (what export checks).
         """
         self.supernet.set_arch(arch)
-        recalibrate_batchnorm(self.supernet, self._calib, lambda m, b: m(b))
+        recalibrate_batchnorm(self.supernet, self._calib,
+                              lambda m, b: m(*self.task.inputs(b)))
         self.supernet.eval()
-        return extract(self.supernet, self.space, arch)
+        return extract(self.supernet, self.space, arch).to(self.device)
+
+    def example_batch(self, n: int = 256) -> dict[str, torch.Tensor]:
+        """Up to ``n`` test samples on the CPU (export checks run on real inputs)."""
+        return next(iter(make_loader(self.data.test, n)))
 
     @property
     def cache_size(self) -> int:

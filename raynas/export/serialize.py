@@ -2,7 +2,8 @@
 
 An export directory holds:
 
-- ``arch.json``: the space (family and model settings) and the arch;
+- ``arch.json``: the space (family and model settings), the arch, and the task's input and
+  output names with their dynamic axes;
 - ``model.pt``: the static model's ``state_dict`` (load with ``load_subnet``: no supernet);
 - ``model.torchscript.pt`` and/or ``model.onnx``: self-contained, no raynas needed;
 - ``export.json``: the equivalence checks that were run and their results.
@@ -11,6 +12,8 @@ An export directory holds:
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from torch import nn
 from raynas.errors import RaynasError
 from raynas.space import Arch, SearchSpace
 from raynas.supernets import build_static
+from raynas.tasks import Task
 
 
 class ExportCheckError(RaynasError):
@@ -55,63 +59,84 @@ def _check(name: str, reference: torch.Tensor, got: torch.Tensor, atol: float,
 
 
 def export_subnet(supernet: nn.Module, static: nn.Module, space: SearchSpace, arch: Arch,
-                  inputs: torch.Tensor, directory: str | Path,
+                  batch: Mapping[str, torch.Tensor], directory: str | Path,
                   formats: tuple[str, ...] = ("torchscript", "onnx"),
-                  atol: float = 1e-4) -> ExportResult:
+                  atol: float = 1e-4, task: Task | None = None) -> ExportResult:
     """Save ``static`` (extracted from ``supernet`` set to ``arch``) in every format and
-    check each against the supernet's own output on ``inputs``."""
+    check each against the supernet's own output on ``batch`` (real samples: a mapping of
+    named tensors with at least the task's inputs). Everything runs on the CPU.
+
+    The TorchScript and ONNX models take the task's named inputs (``images``; ``tokens``
+    and ``lengths``...), with the batch axis, and a time axis where lengths vary, dynamic.
+    """
+    from raynas.tasks import default_task
+
+    task = task or default_task(space)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     result = ExportResult(directory, arch)
-    supernet.eval()
-    static.eval()
+    supernet.to("cpu").eval()
+    static.to("cpu").eval()
+    inputs = tuple(batch[k].cpu() for k in task.input_names)
     with torch.no_grad():
         supernet.set_arch(arch)
-        reference = supernet(inputs)
-        _check("static", reference, static(inputs), atol, result.checks)
+        reference = supernet(*inputs)
+        _check("static", reference, static(*inputs), atol, result.checks)
 
     (directory / "arch.json").write_text(json.dumps(
-        {"space": space.to_dict(), "arch": arch.to_dict(), "arch_key": arch.key}, indent=2))
+        {"space": space.to_dict(), "arch": arch.to_dict(), "arch_key": arch.key,
+         "task": task.name, "inputs": list(task.input_names), "output": task.output_name,
+         "dynamic_axes": task.dynamic_axes()}, indent=2))
     torch.save(static.state_dict(), directory / "model.pt")
     result.files["state_dict"] = "model.pt"
     with torch.no_grad():
-        _check("state_dict", reference, load_subnet(directory)(inputs), atol, result.checks)
+        _check("state_dict", reference, load_subnet(directory)(*inputs), atol, result.checks)
 
+    first = tuple(t[:1] for t in inputs)
     if "torchscript" in formats:
         path = directory / "model.torchscript.pt"
-        with torch.no_grad():
-            traced = torch.jit.trace(static, inputs[:1])
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(static, first)
         traced.save(str(path))
         with torch.no_grad():
-            _check("torchscript", reference, torch.jit.load(str(path))(inputs), atol,
+            _check("torchscript", reference, torch.jit.load(str(path))(*inputs), atol,
                    result.checks)
         result.files["torchscript"] = path.name
     if "onnx" in formats:
         path = directory / "model.onnx"
-        _export_onnx(static, inputs, path)
+        _export_onnx(static, first, task, path)
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (out,) = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})
+        feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
+        (out,) = session.run(None, feed)
         _check("onnx", reference, torch.from_numpy(out), atol, result.checks)
         result.files["onnx"] = path.name
     (directory / "export.json").write_text(json.dumps(
         {"arch_key": arch.key, "max_abs_diff": result.checks, "atol": atol,
-         "files": result.files}, indent=2))
+         "files": result.files, "checked_on": {k: list(t.shape) for k, t in
+                                               zip(task.input_names, inputs)}}, indent=2))
     return result
 
 
-def _export_onnx(model: nn.Module, inputs: torch.Tensor, path: Path) -> None:
+def _export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], task: Task,
+                 path: Path) -> None:
     import logging
-    import warnings
 
     # The exporter logs each pass it runs; the check below is what matters.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    dims: dict[str, torch.export.Dim] = {}
+    dynamic = {}
+    for name, axes in task.dynamic_axes().items():
+        # One Dim per axis name: every input's batch axis is the same symbol.
+        dynamic[name] = {axis: dims.setdefault(label, torch.export.Dim(label, min=1))
+                         for axis, label in axes.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (inputs[:1],), dynamo=True, input_names=["input"], output_names=["logits"],
-            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}, verbose=False,
+            model, inputs, dynamo=True, input_names=list(task.input_names),
+            output_names=[task.output_name], dynamic_shapes=dynamic, verbose=False,
         )
     program.save(str(path))
 

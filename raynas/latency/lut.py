@@ -59,7 +59,8 @@ class LatencyLUT:
               seed: int = 0, progress: Callable[[str], None] | None = None) -> LatencyLUT:
         """Time every distinct op of ``space`` once, then fit the overhead on ``calibrate``
         random whole subnets."""
-        from raynas.supernets import build_static, get_family, subnet_ops
+        from raynas.supernets import build_static, subnet_ops
+        from raynas.tasks import example_args
 
         ops = {}
         for arch in _cover(space, seed):
@@ -74,11 +75,11 @@ class LatencyLUT:
                   torch_version())
         if calibrate:
             rng = random.Random(seed)
-            shape = get_family(space.family).input_shape(dict(space.model))
+            inputs = example_args(space, meter.batch_size)
             gaps = []
             for _ in range(calibrate):
                 arch = space.sample(rng)
-                gaps.append(meter.measure_ms(build_static(space, arch).eval(), shape)
+                gaps.append(meter.measure_ms(build_static(space, arch).eval(), inputs)
                             - lut.op_sum_ms(space, arch))
             lut.overhead_ms = statistics.median(gaps)
         return lut

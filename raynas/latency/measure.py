@@ -9,55 +9,83 @@ from torch import nn
 from torch.utils.benchmark import Timer
 
 
+def timing_node() -> str:
+    """Where a timing runs, for ``latency_node``: the Ray node id of this process when Ray is
+    initialised here (driver, evaluator actor or meter actor alike), else the hostname."""
+    import sys
+
+    # Only look at Ray if something already imported it: a plain `raynas latency profile`
+    # never pays Ray's import for a label.
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    import socket
+
+    return socket.gethostname()
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, example: torch.Tensor) -> int:
-    """FLOPs of one forward pass on ``example``: 2 per multiply-accumulate of every conv and
-    linear layer, as torch's ``FlopCounterMode`` counts them (norms, activations and adds
-    are not counted).
+def _args(example: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return example if isinstance(example, tuple) else (example,)
+
+
+def count_flops(model: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
+    """FLOPs of one forward pass on ``example`` (one input tensor, or the model's inputs):
+    2 per multiply-accumulate of every conv and linear layer, as torch's
+    ``FlopCounterMode`` counts them (norms, activations, adds and lookups are not counted).
 
     Counted with forward hooks: ``FlopCounterMode`` gives the same numbers (a unit test
     checks it) but its first use imports ``torch._dynamo``, about 2 s in every new evaluator.
     """
     total = 0
 
-    def conv(m: nn.Conv2d, inputs, out) -> None:
+    def conv(m: nn.Conv1d | nn.Conv2d, inputs, out) -> None:
         nonlocal total
-        kernel = m.kernel_size[0] * m.kernel_size[1]
+        kernel = 1
+        for k in m.kernel_size:
+            kernel *= k
         total += 2 * out.numel() * (m.in_channels // m.groups) * kernel
 
     def linear(m: nn.Linear, inputs, out) -> None:
         nonlocal total
         total += 2 * out.numel() * m.in_features
 
-    handles = [m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else linear)
-               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    convs = (nn.Conv1d, nn.Conv2d)
+    handles = [m.register_forward_hook(conv if isinstance(m, convs) else linear)
+               for m in model.modules() if isinstance(m, (*convs, nn.Linear))]
     try:
         with torch.no_grad():
-            model(example)
+            model(*_args(example))
     finally:
         for h in handles:
             h.remove()
     return total
 
 
-def count_flops_reference(model: nn.Module, example: torch.Tensor) -> int:
+def count_flops_reference(model: nn.Module,
+                          example: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
     """The same count by torch's ``FlopCounterMode`` (slow first call; for checks)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(example)
+        model(*_args(example))
     return int(counter.get_total_flops())
+
+
+Example = tuple[int, ...] | tuple[torch.Tensor, ...]
 
 
 @dataclass
 class MeasuredLatency:
     """Median wall-clock latency in ms of a static model, after warm-up, on ``target``.
 
-    Threads and batch size are fixed so numbers are comparable; results are cached by Arch
-    key by the caller (the evaluator), since a subnet's latency does not change.
+    Threads, batch size and inputs are fixed so numbers are comparable; results are cached by
+    Arch key by the caller (the evaluator), since a subnet's latency does not change. On a
+    CUDA ``device`` every timed call ends with a synchronisation, so the time is the
+    kernels', not the launch's.
     """
 
     target: str = "local-cpu"
@@ -65,24 +93,34 @@ class MeasuredLatency:
     threads: int = 1
     min_run_time_s: float = 0.02
     warmup: int = 3
+    device: str = "cpu"
     _inputs: dict = field(default_factory=dict, repr=False)
 
     def example(self, input_shape: tuple[int, ...]) -> torch.Tensor:
+        """A seeded random batch of one input of ``input_shape`` (per-op lookup tables)."""
         if input_shape not in self._inputs:
             g = torch.Generator().manual_seed(0)
             self._inputs[input_shape] = torch.randn(self.batch_size, *input_shape, generator=g)
         return self._inputs[input_shape]
 
-    def measure_ms(self, model: nn.Module, input_shape: tuple[int, ...]) -> float:
-        x = self.example(input_shape)
-        model.eval()
+    def measure_ms(self, model: nn.Module, example: Example) -> float:
+        """Time ``model`` on ``example``: one input's shape (without the batch dim), or the
+        model's input tensors (the task's example inputs at ``batch_size``)."""
+        inputs = ((self.example(example),) if all(isinstance(d, int) for d in example)
+                  else tuple(example))
+        device = torch.device(self.device)
+        model = model.eval().to(device)
+        inputs = tuple(t.to(device) for t in inputs)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
             with torch.inference_mode():
                 for _ in range(self.warmup):
-                    model(x)
-                timer = Timer("model(x)", globals={"model": model, "x": x},
+                    model(*inputs)
+                sync()
+                stmt = "model(*x); sync()" if device.type == "cuda" else "model(*x)"
+                timer = Timer(stmt, globals={"model": model, "x": inputs, "sync": sync},
                               num_threads=self.threads)
                 return timer.blocked_autorange(min_run_time=self.min_run_time_s).median * 1e3
         finally:

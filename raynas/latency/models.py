@@ -19,7 +19,7 @@ from torch import nn
 
 from raynas.config import LatencyConfig
 from raynas.errors import ConfigError
-from raynas.latency.measure import MeasuredLatency, count_flops
+from raynas.latency.measure import MeasuredLatency, count_flops, timing_node
 from raynas.latency.table import LatencyTable
 from raynas.space import Arch, SearchSpace
 
@@ -33,7 +33,7 @@ class LatencyModel(ABC):
 
     def __init__(self, space: SearchSpace, target: str):
         self.space, self.target = space, target
-        self.node: str | None = None  # where the last measurement ran, when remote
+        self.node: str | None = None  # where the last value was measured, if it was
 
     @abstractmethod
     def latency_ms(self, arch: Arch, static: nn.Module | None = None) -> float: ...
@@ -46,12 +46,13 @@ class MeasuredModel(LatencyModel):
                  table: LatencyTable | None = None, remote=None):
         super().__init__(space, meter.target)
         self.meter, self.table, self.remote = meter, table, remote
+        self.inputs = input_key(space, meter.batch_size)  # part of a table row's key
         self.hits = 0
 
     def latency_ms(self, arch, static=None):
         m = self.meter
         if self.table is not None:
-            cached = self.table.get(arch, m.target, m.batch_size, m.threads)
+            cached = self.table.get(arch, m.target, m.batch_size, m.threads, self.inputs)
             if cached is not None:
                 self.hits += 1
                 self.node = None
@@ -61,13 +62,14 @@ class MeasuredModel(LatencyModel):
 
             ms, self.node = ray.get(self.remote.measure.remote(arch.to_dict()))
         else:
-            from raynas.supernets import build_static, get_family
+            from raynas.supernets import build_static
+            from raynas.tasks import example_args
 
             model = static if static is not None else build_static(self.space, arch)
-            ms = m.measure_ms(model, get_family(self.space.family).input_shape(
-                dict(self.space.model)))
+            ms = m.measure_ms(model, example_args(self.space, m.batch_size))
+            self.node = timing_node()
         if self.table is not None:
-            self.table.add(arch, ms, m.target, m.batch_size, m.threads)
+            self.table.add(arch, ms, m.target, m.batch_size, m.threads, inputs=self.inputs)
         return ms
 
 
@@ -93,14 +95,19 @@ class PredictorModel(LatencyModel):
         return float(self.predictor.predict_ms([arch])[0])
 
 
+def input_key(space: SearchSpace, batch_size: int) -> str:
+    """The shapes of the example inputs a subnet of ``space`` is timed on, as text."""
+    from raynas.tasks import default_task
+
+    return default_task(space).shape_key(batch_size)
+
+
 def flops_of(space: SearchSpace):
     """``arch -> FLOPs`` of its static model at batch size 1."""
-    import torch
+    from raynas.supernets import build_static
+    from raynas.tasks import example_args
 
-    from raynas.supernets import build_static, get_family
-
-    shape = get_family(space.family).input_shape(dict(space.model))
-    example = torch.randn(1, *shape)
+    example = example_args(space, 1)
     return lambda arch: count_flops(build_static(space, arch).eval(), example)
 
 
@@ -131,7 +138,7 @@ def build_latency_model(cfg: LatencyConfig | Mapping[str, Any], space: SearchSpa
     if not isinstance(cfg, LatencyConfig):
         cfg = LatencyConfig(**cfg)
     meter = meter or MeasuredLatency(cfg.target, cfg.batch_size, cfg.threads,
-                                     cfg.min_run_time_s)
+                                     cfg.min_run_time_s, device=cfg.device)
     if cfg.model == "measured":
         return build_measured(cfg, space, meter, LatencyTable(cfg.table) if cfg.table else None)
     if cfg.model == "lut":

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from raynas.config import LatencyConfig
+from raynas.runtime import Request, wait_ready
 from raynas.space import SearchSpace
 
 
@@ -16,25 +17,25 @@ class LatencyMeter:
         import torch
 
         from raynas.latency.measure import MeasuredLatency
-        from raynas.supernets import get_family
+        from raynas.tasks import example_args
 
         cfg = LatencyConfig(**latency)
         torch.set_num_threads(cfg.threads)
         self.space = SearchSpace.from_dict(space)
-        self.meter = MeasuredLatency(cfg.target, cfg.batch_size, cfg.threads, cfg.min_run_time_s)
-        self.shape = get_family(self.space.family).input_shape(dict(self.space.model))
+        self.meter = MeasuredLatency(cfg.target, cfg.batch_size, cfg.threads, cfg.min_run_time_s,
+                                     device=cfg.device)
+        self.inputs = example_args(self.space, cfg.batch_size)
 
     def ready(self) -> bool:
         return True
 
     def measure(self, arch: dict[str, Any]) -> tuple[float, str]:
         """``(latency_ms, node_id)`` of one arch."""
-        import ray
-
+        from raynas.latency.measure import timing_node
         from raynas.supernets import build_static
 
         model = build_static(self.space, self.space.validate(arch)).eval()
-        return self.meter.measure_ms(model, self.shape), ray.get_runtime_context().get_node_id()
+        return self.meter.measure_ms(model, self.inputs), timing_node()
 
 
 def meter_actor(space: SearchSpace, cfg: LatencyConfig):
@@ -61,11 +62,23 @@ def meter_actor(space: SearchSpace, cfg: LatencyConfig):
         max_restarts=3, max_task_retries=3,
     ).remote(space.to_dict(), cfg.model_dump())
     try:
-        ray.get(handle.ready.remote(), timeout=wait_s)
-    except ray.exceptions.GetTimeoutError:
+        # Says every few seconds that it still waits (a node may join the cluster).
+        wait_ready(handle.ready.remote(), f"the latency meter (latency.resource = "
+                   f"{cfg.resource!r})", wait_s, timeout_message=(
+                       f"latency.resource = {cfg.resource!r}: no Ray node with that "
+                       f"resource came up within {wait_s:.0f} s; start one with `ray start "
+                       f"--resources '{{\"{cfg.resource}\": 1}}'` or declare it in "
+                       "cluster.yaml"))
+    except RaynasError:
         ray.kill(handle)
-        raise RaynasError(f"latency.resource = {cfg.resource!r}: no Ray node with that "
-                          f"resource came up within {wait_s:.0f} s; start one with `ray start "
-                          f"--resources '{{\"{cfg.resource}\": 1}}'` or declare it in "
-                          "cluster.yaml") from None
+        raise
     return handle
+
+
+def meter_request(cfg: LatencyConfig) -> Request:
+    """What the meter actor asks Ray for (the target's resource, no CPU), to refuse it up
+    front where it can never be placed (the embedded Ray without that resource)."""
+    return Request(f"latency.resource = {cfg.resource!r} (the latency meter)",
+                   ({cfg.resource: 1.0},), "PACK",
+                   f"declare it with ray.resources: {{{cfg.resource!r}: 1}}, or join a "
+                   "cluster that has a node with it (ray.address)")

@@ -2,9 +2,10 @@
 ``raynas latency fit`` learns from.
 
 One row per measurement: ``arch_key``, ``arch`` (canonical JSON), ``latency_ms``,
-``latency_target``, ``batch_size``, ``threads``, ``torch_version``, ``flops``, ``params``,
-``measured_at`` (unix time). A latency is only reused for the same (arch key, target, batch
-size, threads, torch version): change any of them and the subnet is measured again.
+``latency_target``, ``batch_size``, ``threads``, ``torch_version``, ``inputs`` (the example
+inputs' shapes, e.g. ``tokens=1x32;lengths=1``), ``flops``, ``params``, ``measured_at`` (unix
+time). A latency is only reused for the same (arch key, target, batch size, threads, torch
+version, inputs): change any of them and the subnet is measured again.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from raynas.errors import ConfigError
 from raynas.space import Arch
 
 COLUMNS = ("arch_key", "arch", "latency_ms", "latency_target", "batch_size", "threads",
-           "torch_version", "flops", "params", "measured_at")
+           "torch_version", "inputs", "flops", "params", "measured_at")
 
 
 def torch_version() -> str:
@@ -47,15 +48,18 @@ class LatencyTable:
             for row in read_table(self.path):
                 self.rows[_row_key(row)] = row
 
-    def get(self, arch: Arch, target: str, batch_size: int, threads: int) -> float | None:
-        row = self.rows.get((arch.key, target, batch_size, threads, torch_version()))
+    def get(self, arch: Arch, target: str, batch_size: int, threads: int,
+            inputs: str = "") -> float | None:
+        row = self.rows.get((arch.key, target, batch_size, threads, torch_version(), inputs))
         return None if row is None else float(row["latency_ms"])
 
     def add(self, arch: Arch, latency_ms: float, target: str, batch_size: int, threads: int,
-            flops: int | None = None, params: int | None = None) -> dict[str, Any]:
+            flops: int | None = None, params: int | None = None,
+            inputs: str = "") -> dict[str, Any]:
         row = {"arch_key": arch.key, "arch": arch.to_json(), "latency_ms": float(latency_ms),
                "latency_target": target, "batch_size": int(batch_size), "threads": int(threads),
-               "torch_version": torch_version(), "flops": flops, "params": params,
+               "torch_version": torch_version(), "inputs": inputs, "flops": flops,
+               "params": params,
                "measured_at": time.time()}
         self.rows[_row_key(row)] = row
         self.added += 1
@@ -77,7 +81,8 @@ class LatencyTable:
         schema = pa.schema([("arch_key", pa.string()), ("arch", pa.string()),
                             ("latency_ms", pa.float64()), ("latency_target", pa.string()),
                             ("batch_size", pa.int64()), ("threads", pa.int64()),
-                            ("torch_version", pa.string()), ("flops", pa.int64()),
+                            ("torch_version", pa.string()), ("inputs", pa.string()),
+                            ("flops", pa.int64()),
                             ("params", pa.int64()), ("measured_at", pa.float64())])
         table = pa.Table.from_pylist(list(self.rows.values()), schema=schema)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -91,7 +96,7 @@ class LatencyTable:
 
 def _row_key(row: Mapping[str, Any]) -> tuple:
     return (row["arch_key"], row["latency_target"], int(row["batch_size"]), int(row["threads"]),
-            row["torch_version"])
+            row["torch_version"], row.get("inputs") or "")
 
 
 def read_table(path: str | Path) -> list[dict[str, Any]]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from raynas.nn.elastic import (
     ElasticBatchNorm2d,
+    ElasticConv1d,
     ElasticConv2d,
+    ElasticEmbedding,
     ElasticLinear,
     ElasticModule,
     recalibrate_batchnorm,
@@ -12,7 +14,9 @@ from raynas.nn.elastic import (
 
 __all__ = [
     "ElasticBatchNorm2d",
+    "ElasticConv1d",
     "ElasticConv2d",
+    "ElasticEmbedding",
     "ElasticLinear",
     "ElasticModule",
     "recalibrate_batchnorm",

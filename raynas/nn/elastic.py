@@ -71,6 +71,58 @@ class ElasticConv2d(ElasticModule):
                 f"max_kernel={self.max_kernel}, stride={self.stride}")
 
 
+class ElasticConv1d(ElasticModule):
+    """Conv1d over time with elastic input and output channels and (odd) kernel size, and a
+    bias. Padding is ``k // 2`` so every kernel size keeps the sequence length."""
+
+    def __init__(self, max_in: int, max_out: int, max_kernel: int):
+        super().__init__()
+        if max_kernel % 2 != 1:
+            raise ValueError(f"kernel sizes must be odd, got {max_kernel}")
+        self.max_in, self.max_out, self.max_kernel = max_in, max_out, max_kernel
+        ref = nn.Conv1d(max_in, max_out, max_kernel)  # borrow torch's default init
+        self.weight = nn.Parameter(ref.weight.detach().clone())
+        self.bias = nn.Parameter(ref.bias.detach().clone())
+        self.active_in, self.active_out, self.active_kernel = max_in, max_out, max_kernel
+
+    def configure(self, in_channels: int, out_channels: int, kernel: int) -> None:
+        self.active_in, self.active_out, self.active_kernel = in_channels, out_channels, kernel
+
+    def active_weight(self) -> torch.Tensor:
+        w = self.weight[: self.active_out, : self.active_in]
+        start = (self.max_kernel - self.active_kernel) // 2
+        return w[..., start : start + self.active_kernel]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.active_weight(), self.bias[: self.active_out], 1,
+                        self.active_kernel // 2)
+
+    def active_state(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.active_weight(), "bias": self.bias[: self.active_out]}
+
+
+class ElasticEmbedding(ElasticModule):
+    """Token embedding whose vectors keep their first ``active_dim`` components."""
+
+    def __init__(self, num_embeddings: int, max_dim: int):
+        super().__init__()
+        self.num_embeddings, self.max_dim = num_embeddings, max_dim
+        self.weight = nn.Parameter(torch.randn(num_embeddings, max_dim))
+        self.active_dim = max_dim
+
+    def configure(self, dim: int) -> None:
+        self.active_dim = dim
+
+    def active_weight(self) -> torch.Tensor:
+        return self.weight[:, : self.active_dim]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, self.active_weight())
+
+    def active_state(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.active_weight()}
+
+
 class ElasticLinear(ElasticModule):
     """Linear layer with elastic input and output features."""
 

@@ -166,12 +166,16 @@ class _Collector(tune.Callback):
         if self.on_records:
             self.on_records(batch)
         front = pareto_front(self.records, self.objectives, self.constraints)
-        best = max(front, key=lambda r: r[self.objectives[0].name]) if front else None
+        first = self.objectives[0]
+        pick = max if first.direction == "max" else min
+        best = pick(front, key=lambda r: r[first.name]) if front else None
         rate = len(self.records) / max(1e-9, time.perf_counter() - self.t0)
         line = (f"[raynas] search {len(self.records)}/{self.budget} subnets  "
                 f"front {len(front)} points")
         if best is not None:
-            line += f"  best accuracy {best['accuracy']:.3f} @ {best['latency_ms']:.3f} ms"
+            line += f"  best {first.name} {best[first.name]:.3f}"
+            if "latency_ms" in best:
+                line += f" @ {best['latency_ms']:.3f} ms"
         print(f"{line}  ({rate:.1f} subnets/s)", flush=True)
 
 

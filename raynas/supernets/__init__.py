@@ -3,7 +3,11 @@
 A family registers a supernet class (elastic, holds all weights) and a static class (the plain
 torch model of one subnet, built from the space's ``model`` settings and an Arch alone). Both
 name their submodules alike, so ``export.extract`` can fill the static model from the
-supernet's ``active_state()`` tensors.
+supernet's ``active_state()`` tensors, and both take the inputs of the family's task as
+``forward`` arguments (``raynas.tasks``).
+
+Users add families through the entry-point group ``raynas.families``: the entry point names
+a module that calls ``register_family`` on import (see ``raynas.registry``).
 """
 
 from __future__ import annotations
@@ -14,15 +18,21 @@ from dataclasses import dataclass
 from torch import nn
 
 from raynas.errors import ConfigError
+from raynas.registry import Registry
 from raynas.space import Arch, SearchSpace
 
 
 @dataclass(frozen=True)
 class Family:
+    """``tasks``: the tasks the family's models take (the first is the default).
+    ``dims``: the dimension names the family reads for given model settings: a space that
+    declares any other is refused (it would change arch keys without changing the model)."""
+
     name: str
     supernet: Callable[[SearchSpace], nn.Module]
     static: Callable[[dict, Arch], nn.Module]
-    input_shape: Callable[[dict], tuple[int, ...]]  # one sample's shape, from model settings
+    tasks: tuple[str, ...]
+    dims: Callable[[dict], set[str]]
     # The subnet as a sequence of ops for latency lookup tables: (key, build, input shape).
     # Equal keys mean the same computation on the same input shape.
     ops: Callable[[dict, Arch], list[Op]] | None = None
@@ -38,32 +48,44 @@ class Op:
     input_shape: tuple[int, ...]
 
 
-_FAMILIES: dict[str, Family] = {}
+def _load_builtin() -> None:
+    # Import for the side effect of registration; kept lazy so `raynas.supernets` stays light.
+    from raynas.supernets import cnn, seq_conv  # noqa: F401
+
+
+FAMILIES: Registry[Family] = Registry("supernet family", "family", _load_builtin,
+                                      group="raynas.families")
 
 
 def register_family(family: Family) -> Family:
-    if family.name in _FAMILIES:
-        raise ValueError(f"supernet family {family.name!r} is already registered")
-    _FAMILIES[family.name] = family
-    return family
+    return FAMILIES.register(family.name, family)
 
 
 def get_family(name: str) -> Family:
-    _load_builtin()
-    if name not in _FAMILIES:
-        known = ", ".join(sorted(_FAMILIES))
-        raise ConfigError(f"family = {name!r}: unknown supernet family; registered: {known}")
-    return _FAMILIES[name]
+    return FAMILIES.get(name)
 
 
 def family_names() -> list[str]:
-    _load_builtin()
-    return sorted(_FAMILIES)
+    return FAMILIES.names()
+
+
+def check_space(space: SearchSpace) -> Family:
+    """The family of ``space``, after checking that it reads every dimension the space
+    declares; a dimension nothing reads is a ``ConfigError``."""
+    family = get_family(space.family)
+    used = family.dims(dict(space.model))
+    unused = [n for n in space.names if n not in used]
+    if unused:
+        raise ConfigError(
+            f"space {space.name!r}: dimension {unused[0]!r} is not read by family "
+            f"{family.name!r} (it reads {', '.join(sorted(used))}): it would change the "
+            "arch key without changing the model; remove it from the space")
+    return family
 
 
 def create_supernet(space: SearchSpace) -> nn.Module:
     """Build the supernet for ``space`` (its ``family`` and ``model`` settings)."""
-    return get_family(space.family).supernet(space)
+    return check_space(space).supernet(space)
 
 
 def build_static(space: SearchSpace, arch: Arch) -> nn.Module:
@@ -78,8 +100,3 @@ def subnet_ops(space: SearchSpace, arch: Arch) -> list[Op]:
         raise ConfigError(f"latency.model = 'lut': family {family.name!r} declares no ops; "
                           "use 'measured' or 'predictor'")
     return family.ops(dict(space.model), arch)
-
-
-def _load_builtin() -> None:
-    # Import for the side effect of registration; kept lazy so `raynas.supernets` stays light.
-    from raynas.supernets import cnn  # noqa: F401

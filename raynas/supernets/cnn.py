@@ -125,8 +125,8 @@ class CNNSupernet(nn.Module):
         self.head.configure(cin, self.head.max_out)
         self.arch = arch
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _forward(self.stem, self.stages, self.head, self.depths, x)
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return _forward(self.stem, self.stages, self.head, self.depths, images)
 
 
 class StaticCNN(nn.Module):
@@ -150,10 +150,10 @@ class StaticCNN(nn.Module):
     def depths(self) -> list[int]:
         return [len(stage) for stage in self.stages]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         # Same function as _forward, written flat: at batch 1 a deployed subnet's time is
         # mostly Python call overhead, so it skips the per-layer module wrapper and indexing.
-        x = self.stem(x)
+        x = self.stem(images)
         for stage in self.stages:
             for j, layer in enumerate(stage):
                 y = F.relu(layer.bn(layer.conv(x)))
@@ -208,10 +208,16 @@ def _ops(model: dict[str, Any], arch: Arch) -> list[Op]:
     return ops
 
 
+def _dims(model: dict[str, Any]) -> set[str]:
+    return {f"s{i}_{part}" for i in range(1, len(model.get("strides", [])) + 1)
+            for part in ("depth", "width", "kernel")}
+
+
 register_family(Family(
     name="cnn",
     supernet=CNNSupernet,
     static=StaticCNN,
-    input_shape=lambda m: (m["in_channels"], m["image_size"], m["image_size"]),
+    tasks=("classification",),
+    dims=_dims,
     ops=_ops,
 ))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,16 @@ class Tracker:
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+    def log_metric_rows(self, rows: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+        """Log several steps at once: ``(step, {name: value})`` per row."""
+        for step, metrics in rows:
+            self.log_metrics(metrics, step=step)
+
+    def metric_steps(self, key: str) -> set[int]:
+        """The steps at which the current run has logged metric ``key`` (read back to make
+        good what a lost driver had not logged yet)."""
+        return set()
 
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
 
@@ -145,15 +155,23 @@ class MlflowTracker(Tracker):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, metrics, step=None):
+        self.log_metric_rows([(step or 0, metrics)])
+
+    def log_metric_rows(self, rows):
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
-                 if v is not None and math.isfinite(float(v))]
+        items = [Metric(k, float(v), now, step) for step, metrics in rows
+                 for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        # One request per 1,000 values (MLflow's batch limit): a batch of records lands
+        # whole or not at all, in the common case.
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def metric_steps(self, key):
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
     def set_tags(self, tags):
         for k, v in tags.items():

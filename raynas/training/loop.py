@@ -1,57 +1,38 @@
 """Supernet training: one epoch loop that runs as ``train_loop_per_worker`` under Ray Train.
 
-Per step (sandwich rule with in-place distillation, BigNAS / AttentiveNAS):
-the largest subnet learns from the labels (label-smoothed CE) and its detached softmax becomes
-the teacher for the other subnets of the step; every subnet's gradient accumulates, then the
-data-parallel workers average gradients once (one all-reduce per step, not one per subnet) and
-the optimizer steps.
+Per step, the sampler names the subnets to train. The first one learns from the labels
+(the task's loss); with in-place distillation its output becomes the teacher of the others
+(BigNAS / AttentiveNAS), through the task's distillation target (per-sample, per-token or
+per-frame probabilities). Every subnet's gradient accumulates, then the data-parallel workers
+average gradients once (one all-reduce per step, not one per subnet) and the optimizer steps.
 
-The collaborators (sampler, distillation loss, optimizer) are plain objects built from the
-config, so other strategies plug in without touching the loop.
+``train_epoch`` takes its collaborators (task, sampler, distiller, optimizer, hooks) as
+arguments; ``train_loop_per_worker`` builds them from the job by registered name.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from raynas.checkpoint import load_checkpoint, save_checkpoint
-from raynas.config import DataConfig, TrainConfig
-from raynas.data import load_data
+from raynas.config import TrainConfig
 from raynas.nn import recalibrate_batchnorm
-from raynas.space import SearchSpace
-from raynas.supernets import create_supernet, get_family
-from raynas.training.losses import kd_kl
+from raynas.space import Arch, SearchSpace
+from raynas.tasks import Batch, Task, load_task_data, make_loader, sample_batches, to_device
+from raynas.training.losses import DISTILLERS
+from raynas.training.optim import build_optimizer, lr_at
 from raynas.training.samplers import SAMPLERS
 
-
-def build_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # No weight decay on norms and biases (1-d tensors), as in AlphaNet / OFA.
-    decay = [p for p in net.parameters() if p.dim() > 1]
-    no_decay = [p for p in net.parameters() if p.dim() <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-
-
-def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up, then cosine decay to zero over the remaining steps."""
-    warm = cfg.warmup_epochs * steps_per_epoch
-    total = cfg.epochs * steps_per_epoch
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+# ``hook(step, losses)`` after every optimizer step (progress, logging, schedules).
+Hook = Callable[[int, dict[str, float]], None]
 
 
 def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
@@ -67,55 +48,88 @@ def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
         offset += n
 
 
-def train_step(net, optimizer, sampler, x, y, step: int, cfg: TrainConfig,
-               world_size: int) -> dict[str, float]:
-    """One optimizer step over the sampler's subnets; returns per-subnet losses."""
+def train_step(net, task: Task, optimizer, sampler, distiller, batch: Batch, step: int,
+               cfg: TrainConfig, world_size: int) -> dict[str, float]:
+    """One optimizer step over the sampler's subnets; returns the first and last subnets'
+    losses (``loss_largest`` only where the sampler trains the largest first)."""
     optimizer.zero_grad(set_to_none=True)
     teacher = None
-    losses: dict[str, float] = {}
+    distil = getattr(distiller, "needs_teacher", False)
+    mask = task.distill_mask(batch) if distil else None
+    inputs = task.inputs(batch)
     archs = sampler.sample(step)
+    per_subnet: list[float] = []
     for i, arch in enumerate(archs):
         net.set_arch(arch)
-        logits = net(x)
-        if teacher is None or cfg.distill == "none":
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        out = net(*inputs)
+        if teacher is None:
+            loss = task.loss(out, batch, cfg.label_smoothing)
         else:
-            loss = kd_kl(logits, teacher)
+            loss = distiller(out, teacher, mask)
         loss.backward()
-        if i == 0:
-            teacher = F.softmax(logits.detach(), dim=-1)
-            losses["loss_largest"] = float(loss.detach())
-        elif i == len(archs) - 1:
-            losses["loss_smallest"] = float(loss.detach())
+        if i == 0 and distil:
+            teacher = task.distill_target(out)
+        per_subnet.append(float(loss.detach()))
     params = [p for p in net.parameters() if p.requires_grad]
     if world_size > 1:
         average_gradients(params, world_size)
     if cfg.grad_clip:
         nn.utils.clip_grad_value_(params, cfg.grad_clip)
     optimizer.step()
+    sampler.feedback(step, archs, per_subnet)
+    first = "loss_largest" if sampler.teacher_first else "loss_first"
+    losses = {first: per_subnet[0]}
+    if len(archs) > 1:
+        losses["loss_smallest" if sampler.teacher_first else "loss_last"] = per_subnet[-1]
     return losses
 
 
+def train_epoch(net, task: Task, batches: Iterable[Batch], optimizer, sampler, distiller,
+                cfg: TrainConfig, epoch: int, steps_per_epoch: int, world: int = 1,
+                device: torch.device | str = "cpu", hooks: Sequence[Hook] = ()
+                ) -> dict[str, float]:
+    """One pass over ``batches``; the mean of each step loss."""
+    sums: dict[str, float] = {}
+    n = 0
+    for s, batch in enumerate(batches):
+        if s >= steps_per_epoch:
+            break
+        step = epoch * steps_per_epoch + s
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step, steps_per_epoch)
+        losses = train_step(net, task, optimizer, sampler, distiller, to_device(batch, device),
+                            step, cfg, world)
+        for hook in hooks:
+            hook(step, losses)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += 1
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
 @torch.no_grad()
-def quick_accuracy(net, arch, splits, calib_batches: int = 2, batch: int = 256) -> float:
-    """Validation accuracy of one subnet after BN recalibration on training batches."""
+def quick_metric(net, task: Task, arch: Arch, calib: list[Batch], val_batches: list[Batch],
+                 device: torch.device | str = "cpu") -> float:
+    """The task's primary metric of one subnet on validation batches, after BN
+    recalibration on ``calib`` (a seeded sample of training batches)."""
     net.set_arch(arch)
-    calib = [splits.x_train[i * batch:(i + 1) * batch] for i in range(calib_batches)]
-    recalibrate_batchnorm(net, calib, lambda m, b: m(b))
-    net.eval()
-    pred = net(splits.x_val).argmax(dim=-1)
+    recalibrate_batchnorm(net, [to_device(b, device) for b in calib],
+                          lambda m, b: m(*task.inputs(b)))
+    value = task.evaluate(net, val_batches, device)[task.primary.name]
     net.train()
-    return float((pred == splits.y_val).float().mean())
+    return value
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config`` holds plain values only (it crosses processes):
-    ``space`` (dict), ``train`` / ``data`` (config dicts), ``seed``, ``resume_from``.
+    ``space`` (dict), ``task`` (``{name, options}`` or None), ``train`` / ``data`` (config
+    dicts), ``seed``, ``resume_from``.
 
     Workers never talk to MLflow: rank 0 reports each epoch's metrics with its checkpoint,
     and the trainer's callback logs them from the driver's node (see ``trainer.py``).
     """
     import ray.train
+    import ray.train.torch
 
     # Ray Train's worker root logger prints every report at INFO; one line per epoch is ours.
     logging.getLogger().setLevel(logging.WARNING)
@@ -124,14 +138,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig(**config["train"])
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(config["seed"])  # identical initial weights on every worker
+    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+
+    from raynas.supernets import create_supernet
+    from raynas.tasks import build_task
 
     space = SearchSpace.from_dict(config["space"])
-    net = create_supernet(space)
+    task = build_task(space, config.get("task"))
+    net = create_supernet(space).to(device)
     optimizer = build_optimizer(net, cfg)
-    splits = load_data(DataConfig(**config["data"]),
-                       get_family(space.family).input_shape(dict(space.model)))
-    x_train, y_train = splits.x_train[rank::world], splits.y_train[rank::world]
-    steps_per_epoch = max(1, len(x_train) // cfg.batch_size)
+    data = load_task_data(task, config["data"])
+    # Each rank reads its own shard of the training set (Ray Train's rank and world size).
+    loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=config["seed"],
+                         rank=rank, world=world, drop_last=len(data.train) >= cfg.batch_size
+                         * world)
+    steps_per_epoch = max(1, len(loader))
+    sampler = SAMPLERS.create(cfg.sampler.name, cfg.sampler.options, space=space,
+                              num_subnets=cfg.num_subnets, seed=config["seed"])
+    distiller = DISTILLERS.create(cfg.distill.name, cfg.distill.options)
 
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
@@ -144,6 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = load_checkpoint(resume_dir, expected=space)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state.get("sampler") or {})
         start_epoch = state["epoch"] + 1
 
     # Where the workers run (a cluster spreads them over nodes), reported with the first
@@ -160,37 +185,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             print(f"[raynas] train: restarted, resuming at epoch {start_epoch + 1}/"
                   f"{cfg.epochs} from the latest checkpoint", flush=True)
 
-    sampler = SAMPLERS[cfg.sampler](space, cfg.num_subnets, config["seed"])
+    calib = sample_batches(data.train, 2, 256, seed=config["seed"]) if rank == 0 else []
+    val_batches = list(make_loader(data.val, 512)) if rank == 0 else []
+    primary = task.primary.name
     net.train()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        g = torch.Generator().manual_seed(config["seed"] * 10_007 + epoch)
-        order = torch.randperm(len(x_train), generator=g)
-        sums: dict[str, float] = {}
-        for s in range(steps_per_epoch):
-            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            step = epoch * steps_per_epoch + s
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(cfg, step, steps_per_epoch)
-            losses = train_step(net, optimizer, sampler, x_train[idx], y_train[idx], step,
-                                cfg, world)
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v
-        metrics = {k: v / steps_per_epoch for k, v in sums.items()}
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        metrics: dict[str, Any] = train_epoch(
+            net, task, loader, optimizer, sampler, distiller, cfg, epoch, steps_per_epoch,
+            world, device)
         metrics.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"],
                        epoch_time_s=time.perf_counter() - t0, **attempt_info)
         attempt_info = {}
         if rank == 0:
-            metrics["val_acc_largest"] = quick_accuracy(net, space.largest(), splits)
-            metrics["val_acc_smallest"] = quick_accuracy(net, space.smallest(), splits)
+            for which, arch in (("largest", space.largest()), ("smallest", space.smallest())):
+                metrics[f"val_{primary}_{which}"] = quick_metric(net, task, arch, calib,
+                                                                 val_batches, device)
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(tmp, space, net.state_dict(), epoch,
-                                {"optimizer": optimizer.state_dict()})
+                model_state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+                save_checkpoint(tmp, space, model_state, epoch,
+                                {"optimizer": optimizer.state_dict(),
+                                 "sampler": sampler.state_dict()})
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            print(f"[raynas] train epoch {epoch + 1}/{cfg.epochs}  "
-                  f"loss {metrics.get('loss_largest', float('nan')):.3f}  "
-                  f"val acc largest {metrics['val_acc_largest']:.3f} "
-                  f"smallest {metrics['val_acc_smallest']:.3f}  "
-                  f"({metrics['epoch_time_s']:.1f}s)", flush=True)
+            loss = next(iter(v for k, v in metrics.items() if k.startswith("loss_")),
+                        float("nan"))
+            print(f"[raynas] train epoch {epoch + 1}/{cfg.epochs}  loss {loss:.3f}  val "
+                  f"{primary} largest {metrics[f'val_{primary}_largest']:.3f} smallest "
+                  f"{metrics[f'val_{primary}_smallest']:.3f}  ({metrics['epoch_time_s']:.1f}s"
+                  f"{', ' + str(device) if device.type != 'cpu' else ''})", flush=True)
         else:
             ray.train.report(metrics)

@@ -9,6 +9,7 @@ from typing import Any
 from ray.train import UserCallback
 
 from raynas.config import JobConfig, resolve_path
+from raynas.runtime import Request, run_in_thread
 from raynas.space import SearchSpace
 
 
@@ -52,6 +53,20 @@ class EpochLogger(UserCallback):
 
 
 
+def train_request(cfg: JobConfig) -> Request:
+    """What the Ray Train worker group asks Ray for (as in ``train_supernet``'s
+    ScalingConfig: a GPU per worker with ``use_gpu``), to refuse it up front when it can
+    never be placed."""
+    t = cfg.train
+    bundle = {"CPU": t.cpus_per_worker, "GPU": 1.0 if t.use_gpu else 0.0}
+    return Request(
+        f"train.num_workers = {t.num_workers} x train.cpus_per_worker = {t.cpus_per_worker:g}"
+        + (" (+1 GPU each, train.use_gpu)" if t.use_gpu else ""),
+        tuple(dict(bundle) for _ in range(t.num_workers)), t.placement_strategy,
+        "lower train.num_workers or train.cpus_per_worker, or give Ray more (ray.num_cpus, "
+        "or a cluster with ray.address)")
+
+
 def train_supernet(cfg: JobConfig, space: SearchSpace,
                    tracking: dict[str, str] | None = None, name: str = "train") -> TrainResult:
     """Train the supernet of ``space`` with Ray Train (Ray must be initialised).
@@ -78,6 +93,7 @@ def train_supernet(cfg: JobConfig, space: SearchSpace,
         data["path"] = str(resolve_path(cfg, data["path"]).resolve())
     loop_config = {
         "space": space.to_dict(),
+        "task": cfg.task.model_dump() if cfg.task else None,
         "train": t.model_dump(),
         "data": data,
         "seed": cfg.seed,
@@ -101,7 +117,9 @@ def train_supernet(cfg: JobConfig, space: SearchSpace,
             callbacks=[EpochLogger(**tracking)] if tracking else None,
         ),
     )
-    result = trainer.fit()
+    # fit() in a worker thread: this one stays free for Ctrl-C and for the placement
+    # watch's timeout (see run_in_thread).
+    result = run_in_thread(trainer.fit, "train")
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     return TrainResult(result.checkpoint, dict(result.metrics or {}))

@@ -14,9 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def raynas(args: list[str], cwd: Path, tracking_uri: str, timeout: int = 420,
-           check: bool = True) -> subprocess.CompletedProcess:
+           check: bool = True, env_extra: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess:
     """Run ``python -m raynas ARGS`` as a user would; return the finished process."""
-    env = dict(os.environ)
+    env = {**os.environ, **(env_extra or {})}
     env.pop("RAY_ADDRESS", None)  # the embedded default must start its own Ray
     env["MLFLOW_TRACKING_URI"] = tracking_uri
     env["RAYNAS_SPACES_DIR"] = str(ROOT / "search_spaces")

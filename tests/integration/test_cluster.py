@@ -165,6 +165,34 @@ def test_the_cluster_keeps_token_auth_and_loopback_binding(cluster, mlflow_serve
                 assert s.connect_ex((ip, port)) != 0, f"port {port} answers on {ip}"
 
 
+# ---- resources the cluster does not have (yet) ---------------------------------------------
+def test_a_worker_group_the_cluster_cannot_place_is_reported_then_times_out(
+        cluster, mlflow_server, tmp_path):
+    # 16 workers x 1 CPU on a 5-CPU cluster: a node could still join, so raynas waits, says
+    # so every few seconds, and gives up at ray.placement_timeout_s.
+    log = tmp_path / "train.log"
+    proc = _raynas(cluster, mlflow_server,
+                   ["train", SMOKE, "train.num_workers=16", "ray.placement_timeout_s=12",
+                    "tracking.experiment=placement-timeout", "--output-dir",
+                    str(tmp_path / "out")], log)
+    try:
+        proc.wait(180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 2, text[-6000:]
+    waits = [ln for ln in text.splitlines()
+             if "waiting" in ln and "for Ray to place 16 x {1 CPU}" in ln]
+    assert waits and "the cluster has 5 CPU" in waits[0], text[-6000:]
+    (error,) = [ln for ln in text.splitlines() if ln.startswith("raynas: error")]
+    assert "could not place 16 x {1 CPU}" in error
+    assert "ray.placement_timeout_s = 12 s" in error and "the cluster has 5 CPU" in error
+    # The driver's job is over: nothing of it keeps waiting on the cluster.
+    wait_for("the pending worker group to go", lambda: not [
+        g for g in cluster.list("placement_groups") if g["state"] == "PENDING"], 60)
+
+
 # ---- failures ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def killed_training(cluster, mlflow_server, client, tmp_path_factory):

@@ -49,7 +49,7 @@ def test_run_tracks_everything_in_mlflow(smoke_run):
     # The resolved config is logged as params, with its defaults filled in.
     assert parent.data.params["train.epochs"] == "2"
     assert parent.data.params["search.searcher"] == "optuna_nsga2"
-    assert parent.data.params["train.sampler"] == "sandwich"
+    assert parent.data.params["train.sampler.name"] == "sandwich"
     assert "config.yaml" in _artifacts(client, parent.info.run_id)
 
     # Training curves: one point per epoch, logged from the Ray Train worker.

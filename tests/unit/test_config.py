@@ -35,8 +35,8 @@ class TestDefaults:
     def test_minimal_doc_gets_every_default(self):
         cfg = build_config(BASE)
         assert cfg.seed == 0 and cfg.output_dir is None
-        assert cfg.train.epochs == 20 and cfg.train.optimizer == "sgd"
-        assert cfg.train.sampler == "sandwich" and cfg.train.num_subnets == 4
+        assert cfg.train.epochs == 20 and cfg.train.optimizer.name == "sgd"
+        assert cfg.train.sampler.name == "sandwich" and cfg.train.num_subnets == 4
         assert cfg.data.name == "digits" and cfg.data.val_fraction == 0.15
         assert cfg.search.searcher == "optuna_nsga2" and cfg.search.budget == 200
         assert cfg.search.evaluator.calib_batches == 2
@@ -86,7 +86,7 @@ class TestOverrides:
         assert cfg.export.pick == 2
         assert cfg.train.grad_clip is None
         assert cfg.search.evaluator.calib_batches == 4
-        assert cfg.train.optimizer == "adamw"
+        assert cfg.train.optimizer.name == "adamw" and cfg.train.optimizer.options == {}
         assert cfg.name == "other"
         # untouched siblings keep their defaults
         assert cfg.train.lr == 0.05 and cfg.search.evaluator.calib_batch_size == 256
@@ -135,7 +135,7 @@ class TestErrors:
     @pytest.mark.parametrize("override, field, hint", [
         ("search.budget=0", "search.budget = 0", "greater than or equal to 1"),
         ("data.val_fraction=0.7", "data.val_fraction = 0.7", "less than 0.5"),
-        ("train.momentum=1", "train.momentum = 1", "less than 1"),
+        ("train.label_smoothing=1", "train.label_smoothing = 1", "less than 1"),
         ("train.lr=0", "train.lr = 0", "greater than 0"),
         ("train.num_subnets=17", "train.num_subnets = 17", "less than or equal to 16"),
     ])

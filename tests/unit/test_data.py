@@ -1,4 +1,5 @@
-"""raynas.data: digits and Parquet loading, stratified seeded splits."""
+"""Classification datasets (raynas.tasks.classification): digits, Parquet and image-folder
+loading, stratified seeded splits."""
 
 from __future__ import annotations
 
@@ -11,8 +12,28 @@ import pytest
 import torch
 
 from raynas.config import DataConfig
-from raynas.data import load_data, read_parquet
 from raynas.errors import ConfigError
+from raynas.tasks import TASKS, load_task_data
+from raynas.tasks.classification import read_parquet
+
+
+class Splits:
+    """The three splits as tensors, for assertions."""
+
+    def __init__(self, data):
+        for part in ("train", "val", "test"):
+            tensors = getattr(data, part).tensors
+            setattr(self, f"x_{part}", tensors["images"])
+            setattr(self, f"y_{part}", tensors["labels"])
+        self.num_classes = int(torch.cat([self.y_train, self.y_val, self.y_test]).max()) + 1
+
+
+def load_data(cfg: DataConfig, shape: tuple[int, int, int], num_classes: int = 10) -> Splits:
+    task = TASKS.create("classification", model={"in_channels": shape[0],
+                                                 "image_size": shape[1],
+                                                 "num_classes": num_classes})
+    return Splits(load_task_data(task, cfg.model_dump()))
+
 
 DIGITS_PER_CLASS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]  # sklearn's digits
 
@@ -142,7 +163,7 @@ def test_parquet_missing_label_column(tmp_path):
     with pytest.raises(ConfigError) as e:
         read_parquet(path, "label")
     m = str(e.value)
-    assert "data.label_column = 'label'" in m and "target" in m and "p0" in m
+    assert "data.options.label_column = 'label'" in m and "target" in m and "p0" in m
 
 
 def test_parquet_bad_feature_count(tmp_path):
@@ -158,3 +179,79 @@ def test_parquet_label_only(tmp_path):
     pq.write_table(pa.table({"label": [0, 1]}), path)
     with pytest.raises(ConfigError, match="no feature columns"):
         read_parquet(path, "label")
+
+
+def test_parquet_label_column_option(tmp_path):
+    path = tmp_path / "d.parquet"
+    _, labels = _write_parquet(path, label_column="target")
+    cfg = DataConfig(name="parquet", path=str(path), options={"label_column": "target"})
+    s = load_data(cfg, (1, 8, 8), num_classes=N_CLASSES)
+    assert sorted(torch.cat([s.y_train, s.y_val, s.y_test]).tolist()) == sorted(labels)
+
+
+def test_unknown_dataset_option_lists_the_allowed(tmp_path):
+    path = tmp_path / "d.parquet"
+    _write_parquet(path)
+    cfg = DataConfig(name="parquet", path=str(path), options={"label": "x"})
+    with pytest.raises(ConfigError, match=r"data.options.label = 'x'.*allowed: label_column"):
+        load_data(cfg, (1, 8, 8))
+
+
+def test_labels_beyond_the_models_classes(tmp_path):
+    path = tmp_path / "d.parquet"
+    _write_parquet(path)  # labels 0..2
+    with pytest.raises(ConfigError, match="labels span 0..2 but the space's model.num_classes"):
+        load_data(DataConfig(name="parquet", path=str(path)), (1, 8, 8), num_classes=2)
+
+
+def test_dataset_of_another_task():
+    with pytest.raises(ConfigError, match="data.name = 'generated_tagging': a dataset of task "
+                                          "'tagging'; task 'classification' takes digits"):
+        load_data(DataConfig(name="generated_tagging"), (1, 8, 8))
+
+
+# ---- image folder ------------------------------------------------------------------------------
+def _write_images(root, n_per_class=6, size=12, mode="L"):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["cat", "dog", "emu"]):
+        (root / name).mkdir(parents=True)
+        for i in range(n_per_class):
+            # Each class has its own brightness, so the label is visible in the pixels.
+            a = np.clip(rng.normal(60 + 70 * c, 5, (size, size)), 0, 255).astype(np.uint8)
+            im = Image.fromarray(a, "L").convert(mode)
+            im.save(root / name / f"{i}.png")
+    (root / "cat" / "notes.txt").write_text("not an image")
+
+
+def test_image_folder(tmp_path):
+    _write_images(tmp_path / "imgs")
+    cfg = DataConfig(name="image_folder", path=str(tmp_path / "imgs"), val_fraction=1 / 6,
+                     test_fraction=1 / 6)
+    s = load_data(cfg, (1, 8, 8), num_classes=3)
+    assert s.x_train.shape[1:] == (1, 8, 8)  # resized from 12x12
+    assert len(s.x_train) + len(s.x_val) + len(s.x_test) == 18
+    assert Counter(s.y_test.tolist()) == {0: 1, 1: 1, 2: 1}  # stratified
+    # classes in sorted folder order: cat 0 (darkest) < dog 1 < emu 2
+    x, y = torch.cat([s.x_train, s.x_val, s.x_test]), torch.cat([s.y_train, s.y_val, s.y_test])
+    means = [float(x[y == c].mean()) for c in range(3)]
+    assert means[0] < means[1] < means[2]
+    assert means[0] == pytest.approx(60 / 255, abs=0.03)
+
+
+def test_image_folder_rgb(tmp_path):
+    _write_images(tmp_path / "imgs", mode="RGB")
+    s = load_data(DataConfig(name="image_folder", path=str(tmp_path / "imgs")), (3, 8, 8), 3)
+    assert s.x_train.shape[1:] == (3, 8, 8)
+
+
+def test_image_folder_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no class folders"):
+        load_data(DataConfig(name="image_folder", path=str(tmp_path / "empty")), (1, 8, 8))
+    (tmp_path / "empty" / "cat").mkdir()
+    with pytest.raises(ConfigError, match="no image files"):
+        load_data(DataConfig(name="image_folder", path=str(tmp_path / "empty")), (1, 8, 8))
+    with pytest.raises(ConfigError, match="data.path is required"):
+        load_data(DataConfig(name="image_folder"), (1, 8, 8))

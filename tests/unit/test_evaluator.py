@@ -11,8 +11,9 @@ from raynas.export import extract
 from raynas.latency import MeasuredLatency, count_flops, count_params
 from raynas.space import Arch
 
-KEYS = {"arch_key", "arch", "accuracy", "test_accuracy", "latency_ms", "latency_target",
-        "latency_model", "flops", "params", "eval_s", "evaluated_at"}
+KEYS = {"arch_key", "arch", "accuracy", "test_accuracy", "loss", "test_loss", "latency_ms",
+        "latency_target",
+        "latency_model", "flops", "params", "eval_device", "eval_s", "evaluated_at"}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_prepare_matches_supernet(evaluator, tiny_space):
     """After prepare, supernet (eval, recalibrated) and static subnet agree."""
     arch = tiny_space.sample(31)
     static = evaluator.prepare(arch)
-    x = evaluator.splits.x_val[:32]
+    x = evaluator.val_batches[0]["images"][:32]
     with torch.no_grad():
         assert (evaluator.supernet(x) - static(x)).abs().max().item() <= 1e-5
     assert not evaluator.supernet.training
@@ -104,3 +105,27 @@ def test_measured_latency():
     before = torch.get_num_threads()
     assert lat.measure_ms(model, (1, 8, 8)) > 0
     assert torch.get_num_threads() == before  # restored
+
+
+def test_calibration_draws_a_random_sample_not_the_first_rows(tmp_path, tiny_checkpoint):
+    """A file sorted by label must not calibrate BatchNorm on its first classes."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 60)  # sorted: 60 of class 0, then 60 of class 1...
+    cols = {"label": pa.array(labels)}
+    cols.update({f"p{i}": pa.array(rng.random(len(labels)).astype(np.float32))
+                 for i in range(64)})
+    pq.write_table(pa.table(cols), tmp_path / "sorted.parquet")
+    ev = Evaluator(str(tiny_checkpoint), {"name": "parquet", "path": str(tmp_path /
+                                                                         "sorted.parquet")},
+                   {"min_run_time_s": 0.002}, {"calib_batches": 1, "calib_batch_size": 64})
+    assert ev.data.train.tensors["labels"][:64].unique().numel() <= 2  # the file's order
+    seen = ev._calib[0]["labels"].unique().numel()
+    assert seen >= 8  # 64 random draws over 10 equal classes
+    again = Evaluator(str(tiny_checkpoint), {"name": "parquet", "path": str(tmp_path /
+                                                                            "sorted.parquet")},
+                      {"min_run_time_s": 0.002}, {"calib_batches": 1, "calib_batch_size": 64})
+    assert torch.equal(again._calib[0]["images"], ev._calib[0]["images"])  # seeded

@@ -133,7 +133,9 @@ def test_measured_model_uses_its_table(tmp_path, tiny_space):
     arch = tiny_space.sample(2)
     first = model.latency_ms(arch)
     assert model.latency_ms(arch) == first and model.hits == 1
-    assert table.get(arch, "local-cpu", 1, 1) == first
+    assert table.get(arch, "local-cpu", 1, 1, model.inputs) == first
+    assert model.inputs == "images=1x1x8x8"  # the key says what the subnet was timed on
+    assert table.get(arch, "local-cpu", 1, 1, "images=1x1x16x16") is None
 
 
 def test_model_settings_must_match(tiny_lut, tiny_space, tmp_path):
@@ -177,10 +179,31 @@ def test_latency_config_errors(latency, needle):
         build_config({"name": "j", "space": "tiny_cnn", "latency": latency})
 
 
-def test_latency_as_budget_only_needs_a_budget():
-    with pytest.raises(ConfigError, match="latency_objective = false needs"):
+def test_objectives_in_the_job():
+    with pytest.raises(ConfigError, match=r"search.objectives.0.goal = 'up'"):
         build_config({"name": "j", "space": "tiny_cnn",
-                      "search": {"latency_objective": False}})
-    cfg = build_config({"name": "j", "space": "tiny_cnn",
-                        "search": {"latency_objective": False, "latency_budget_ms": 1.0}})
-    assert not cfg.search.latency_objective
+                      "search": {"objectives": [{"name": "accuracy", "goal": "up"}]}})
+    cfg = build_config({"name": "j", "space": "tiny_cnn", "search": {
+        "objectives": [{"name": "accuracy", "goal": "max"}], "latency_budget_ms": 1.0}})
+    assert [o.name for o in cfg.search.objectives] == ["accuracy"]
+
+
+def test_a_local_measurement_records_where_it_ran(tmp_path, tiny_space, tiny_checkpoint):
+    """Timed here without Ray: the node is this host; answered from the table: no node (it
+    was not measured now); the evaluator's record carries it (``latency_node``)."""
+    import socket
+
+    model = build_latency_model({"min_run_time_s": 0.002}, tiny_space, FAST)
+    model.table = LatencyTable(tmp_path / "t.parquet")
+    arch = tiny_space.sample(3)
+    model.latency_ms(arch)
+    assert model.node == socket.gethostname()
+    model.latency_ms(arch)
+    assert model.hits == 1 and model.node is None
+    evaluator = Evaluator(str(tiny_checkpoint), {"name": "digits"}, {"min_run_time_s": 0.002},
+                          evaluator={"calib_batches": 1, "calib_batch_size": 64},
+                          expected_space=tiny_space.to_dict())
+    (record,) = evaluator.evaluate([arch.to_dict()])
+    assert record["latency_model"] == "measured"
+    assert record["latency_node"] == socket.gethostname()
+    torch.set_num_threads(1)

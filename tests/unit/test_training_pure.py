@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from raynas.config import DataConfig, TrainConfig
-from raynas.data import load_data
 from raynas.supernets import create_supernet
-from raynas.training.loop import build_optimizer, lr_at, quick_accuracy, train_step
-from raynas.training.losses import kd_kl
+from raynas.tasks import build_task, load_task_data, make_loader, sample_batches
+from raynas.training.loop import quick_metric, train_step
+from raynas.training.losses import DISTILLERS, kd_kl
+from raynas.training.optim import build_optimizer, lr_at
 from raynas.training.samplers import SAMPLERS, SandwichSampler, UniformSampler
 
 
@@ -76,7 +77,7 @@ class TestSamplers:
         archs = s.sample(4)
         assert len(archs) == 3 and all(digits_space.contains(a) for a in archs)
         assert s.sample(4) == archs and s.sample(5) != archs
-        assert set(SAMPLERS) == {"sandwich", "uniform"}
+        assert {"sandwich", "uniform", "largest_first"} <= set(SAMPLERS.names())
 
 
 # ---- losses ------------------------------------------------------------------------------------
@@ -95,7 +96,8 @@ def test_kd_kl():
 # ---- optimizer ---------------------------------------------------------------------------------
 def test_build_optimizer(tiny_space):
     net = create_supernet(tiny_space)
-    cfg = TrainConfig(lr=0.3, weight_decay=1e-3, momentum=0.8)
+    cfg = TrainConfig(lr=0.3, weight_decay=1e-3, optimizer={"name": "sgd",
+                                                            "options": {"momentum": 0.8}})
     opt = build_optimizer(net, cfg)
     assert isinstance(opt, torch.optim.SGD)
     decay, no_decay = opt.param_groups
@@ -106,23 +108,30 @@ def test_build_optimizer(tiny_space):
     assert decay["lr"] == 0.3 and decay["momentum"] == 0.8 and decay["nesterov"] is True
     adam = build_optimizer(net, TrainConfig(optimizer="adamw", lr=0.01))
     assert isinstance(adam, torch.optim.AdamW) and adam.param_groups[0]["lr"] == 0.01
-    plain = build_optimizer(net, TrainConfig(momentum=0.0))
+    plain = build_optimizer(net, TrainConfig(optimizer={"name": "sgd",
+                                                        "options": {"momentum": 0.0}}))
     assert plain.param_groups[0]["nesterov"] is False
 
 
 # ---- one training step -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def batch():
-    splits = load_data(DataConfig(), (1, 8, 8))
-    return splits, splits.x_train[:64], splits.y_train[:64]
+def batch(tiny_space):
+    task = build_task(tiny_space)
+    data = load_task_data(task, DataConfig().model_dump())
+    first = next(iter(make_loader(data.train, 64)))
+    return (task, data), first["images"], first["labels"]
 
 
-def _train(space, x, y, cfg, steps=20, seed=0):
+def _train(space, x, y, cfg, steps=20, seed=0, sampler=None):
     torch.manual_seed(seed)
+    task = build_task(space)
     net = create_supernet(space).train()
     opt = build_optimizer(net, cfg)
-    sampler = SandwichSampler(space, cfg.num_subnets, seed)
-    history = [train_step(net, opt, sampler, x, y, s, cfg, world_size=1) for s in range(steps)]
+    sampler = sampler or SandwichSampler(space, cfg.num_subnets, seed)
+    distiller = DISTILLERS.create(cfg.distill.name, cfg.distill.options)
+    b = {"images": x, "labels": y}
+    history = [train_step(net, task, opt, sampler, distiller, b, s, cfg, world_size=1)
+               for s in range(steps)]
     return net, history
 
 
@@ -171,15 +180,79 @@ def test_train_step_moves_shared_weights(tiny_space, batch):
     net = create_supernet(tiny_space).train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     cfg = TrainConfig(lr=0.05, num_subnets=1)  # largest subnet only
-    train_step(net, build_optimizer(net, cfg), SandwichSampler(tiny_space, 1), x, y, 0, cfg, 1)
+    train_step(net, build_task(tiny_space), build_optimizer(net, cfg),
+               SandwichSampler(tiny_space, 1), DISTILLERS.create("kl"),
+               {"images": x, "labels": y}, 0, cfg, 1)
     after = net.state_dict()
     assert not torch.equal(after["head.weight"], before["head.weight"])
     assert not torch.equal(after["stages.0.0.conv.weight"], before["stages.0.0.conv.weight"])
 
 
-def test_quick_accuracy(tiny_space, batch):
-    splits, _, _ = batch
+def test_quick_metric(tiny_space, batch):
+    (task, data), x, y = batch
+    torch.manual_seed(0)
     net = create_supernet(tiny_space).train()
-    acc = quick_accuracy(net, tiny_space.smallest(), splits, calib_batches=1, batch=64)
-    assert 0.0 <= acc <= 1.0
-    assert net.training and net.arch == tiny_space.smallest()
+    calib = sample_batches(data.train, 1, 64)
+    val = list(make_loader(data.val, 512))
+    before = quick_metric(net, task, tiny_space.largest(), calib, val)
+    assert 0.02 < before < 0.3  # untrained: about chance (0.1) on 10 classes
+    cfg = TrainConfig(lr=0.05, num_subnets=1)
+    opt = build_optimizer(net, cfg)
+    for step, b in zip(range(40), make_loader(data.train, 64, shuffle=True)):
+        train_step(net, task, opt, SandwichSampler(tiny_space, 1), DISTILLERS.create("none"),
+                   b, step, cfg, 1)
+    after = quick_metric(net, task, tiny_space.largest(), calib, val)
+    assert after > before + 0.3  # 40 steps of the largest subnet learn digits
+    assert net.training and net.arch == tiny_space.largest()
+
+
+def test_uniform_sampler_never_distils_from_a_random_subnet(tiny_space, batch):
+    # With uniform sampling no subnet of a step is the largest, so KL distillation would
+    # teach from a random subnet: the config refuses the pair.
+    from raynas.config import build_config
+    from raynas.errors import ConfigError
+
+    doc = {"name": "j", "space": "tiny_cnn", "train": {"sampler": "uniform", "distill": "kl"}}
+    with pytest.raises(ConfigError, match="train.distill = 'kl' distils from the largest "
+                                          "subnet, but train.sampler = 'uniform'"):
+        build_config(doc)
+    build_config({**doc, "train": {"sampler": "uniform", "distill": "none"}})
+    build_config({**doc, "train": {"sampler": "largest_first", "distill": "kl"}})
+
+
+def test_largest_first_teaches_from_the_largest(tiny_space, batch):
+    _, x, y = batch
+    cfg = TrainConfig(lr=0.05, sampler="largest_first", num_subnets=3)
+    sampler = SAMPLERS.create("largest_first", space=tiny_space, num_subnets=3, seed=0)
+    _, history = _train(tiny_space, x, y, cfg, steps=1, sampler=sampler)
+    assert set(history[0]) == {"loss_largest", "loss_smallest"}
+    # The first loss is the largest subnet's cross-entropy (about log 10, untrained).
+    assert history[0]["loss_largest"] == pytest.approx(2.3, abs=0.3)
+    assert all(a == tiny_space.largest() for a in [sampler.sample(s)[0] for s in range(5)])
+
+
+def test_uniform_sampler_losses_are_not_called_largest(tiny_space, batch):
+    _, x, y = batch
+    cfg = TrainConfig(lr=0.05, sampler="uniform", distill="none", num_subnets=2)
+    sampler = UniformSampler(tiny_space, 2, 0)
+    _, history = _train(tiny_space, x, y, cfg, steps=1, sampler=sampler)
+    assert set(history[0]) == {"loss_first", "loss_last"}
+
+
+def test_sampler_feedback_and_state_reach_the_sampler(tiny_space, batch):
+    _, x, y = batch
+
+    class Recording(UniformSampler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.seen = []
+
+        def feedback(self, step, archs, losses):
+            self.seen.append((step, len(archs), losses))
+
+    sampler = Recording(tiny_space, 2, 0)
+    cfg = TrainConfig(lr=0.05, distill="none", num_subnets=2)
+    _train(tiny_space, x, y, cfg, steps=3, sampler=sampler)
+    assert [s for s, _, _ in sampler.seen] == [0, 1, 2]
+    assert all(n == 2 and len(losses) == 2 and all(v > 0 for v in losses)
+               for _, n, losses in sampler.seen)

@@ -10,7 +10,8 @@ import torch
 from raynas.config import load_config
 from raynas.space import SearchSpace
 from raynas.space.registry import load_space
-from raynas.supernets import create_supernet, get_family
+from raynas.supernets import check_space, create_supernet
+from raynas.tasks import example_args
 
 REPO = Path(__file__).resolve().parents[2]
 SPACE_FILES = sorted((REPO / "search_spaces").rglob("*.yaml"))
@@ -29,13 +30,12 @@ def test_space_file(path):
     space = SearchSpace.load(path)
     assert space.name == path.stem  # `raynas spaces show NAME` finds it by file stem
     net = create_supernet(space).eval()
-    shape = get_family(space.family).input_shape(dict(space.model))
-    x = torch.zeros(2, *shape)
+    x = example_args(space, 2)
     for arch in (space.largest(), space.smallest(), space.sample(0)):
         net.set_arch(arch)
         with torch.no_grad():
-            out = net(x)
-        assert out.shape == (2, space.model["num_classes"])
+            out = net(*x)
+        assert out.shape[0] == 2 and out.shape[-1] == space.model["num_classes"]
     size = space.size()
     if size is not None and space.description:
         assert f"{size:,}" in space.description  # descriptions quote the size
@@ -46,4 +46,4 @@ def test_job_file(path):
     cfg = load_config(path)
     assert cfg.name
     space = load_space(cfg.space, base=Path(cfg.base_dir))  # the job's space resolves
-    get_family(space.family)
+    check_space(space)

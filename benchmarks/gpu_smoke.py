@@ -1,0 +1,108 @@
+"""GPU smoke check: train a small supernet on one GPU, score subnets on it, time a subnet on
+CUDA, in under 5 minutes. Needs a machine with a CUDA GPU; raynas's tests never do.
+
+    python benchmarks/gpu_smoke.py
+
+It runs the real pipeline as a user would (``python -m raynas run jobs/smoke.yaml`` on an
+embedded Ray, in a temporary folder) with ``train.use_gpu=true`` (one Ray Train worker on
+one GPU), ``search.evaluator.num_gpus=1`` (the evaluator actor holds the GPU) and
+``latency.device=cuda``, then checks, and prints, each of:
+
+- training ran on CUDA (the epoch lines name the device) and the loss fell;
+- every searched subnet was scored on CUDA (``eval_device``) with a latency on the CUDA
+  target, and the exported formats match the supernet;
+- a subnet timed directly on CUDA (synchronised) and on the CPU gives finite, positive
+  times; the ratio is printed, not judged.
+
+The last line is a one-line verdict; ``benchmarks/results/gpu_smoke.json`` keeps the details.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import ROOT, machine_info, write_json
+
+
+def _check(ok: bool, what: str, checks: list) -> None:
+    checks.append({"check": what, "ok": bool(ok)})
+    print(f"[{'ok' if ok else 'FAILED'}] {what}", flush=True)
+
+
+def main() -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_smoke: no CUDA device here (torch.cuda.is_available() is False); run it "
+              "on a machine with a GPU")
+        return 2
+    checks: list[dict] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlruns.db",
+               "PYTHONUNBUFFERED": "1"}
+        env.pop("RAY_ADDRESS", None)
+        cmd = [sys.executable, "-m", "raynas", "run", str(ROOT / "jobs" / "smoke.yaml"),
+               "--output-dir", str(out), "train.use_gpu=true", "train.num_workers=1",
+               "train.epochs=3", "search.evaluator.num_gpus=1", "latency.device=cuda",
+               "latency.target=cuda", "search.budget=16"]
+        proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True,
+                              timeout=280)
+        log = proc.stdout + proc.stderr
+        _check(proc.returncode == 0, f"raynas run exited {proc.returncode}", checks)
+        epochs = [line for line in log.splitlines() if "train epoch" in line]
+        _check(len(epochs) == 3 and all("cuda" in line for line in epochs),
+               "every training epoch ran on CUDA", checks)
+        losses = [float(line.split("loss ")[1].split()[0]) for line in epochs
+                  if "loss " in line]
+        _check(len(losses) == 3 and losses[-1] < losses[0],
+               f"training loss fell: {losses}", checks)
+        records = []
+        if (out / "evaluations.parquet").is_file():
+            import pyarrow.parquet as pq
+
+            records = pq.read_table(out / "evaluations.parquet").to_pylist()
+        _check(len(records) == 16 and all(r.get("eval_device") == "cuda" for r in records),
+               f"{len(records)} subnets scored by the evaluator actor on CUDA", checks)
+        _check(all(r.get("latency_target") == "cuda" and r["latency_ms"] > 0
+                   for r in records), "each subnet has a latency on the CUDA target", checks)
+        export = (json.loads((out / "subnet" / "export.json").read_text())
+                  if (out / "subnet" / "export.json").is_file() else {})
+        _check(bool(export) and max(export["max_abs_diff"].values()) <= export["atol"],
+               f"exported formats match the supernet: {export.get('max_abs_diff')}", checks)
+        if proc.returncode != 0:
+            print(log[-3000:])
+
+    from raynas.export import extract
+    from raynas.latency import MeasuredLatency
+    from raynas.space import SearchSpace
+    from raynas.supernets import create_supernet
+    from raynas.tasks import example_args
+
+    space = SearchSpace.load(ROOT / "search_spaces" / "digits_cnn.yaml")
+    net = create_supernet(space).eval()
+    static = extract(net, space, space.largest())
+    args = example_args(space, 32)
+    cuda = MeasuredLatency("cuda", 32, 1, 0.2, device="cuda").measure_ms(static, args)
+    cpu = MeasuredLatency("cpu", 32, 1, 0.2, device="cpu").measure_ms(static.cpu(), args)
+    _check(0 < cuda < 1e4 and 0 < cpu < 1e4,
+           f"largest digits_cnn subnet, batch 32: {cuda:.3f} ms on CUDA (synchronised), "
+           f"{cpu:.3f} ms on 1 CPU thread, ratio cpu/cuda {cpu / cuda:.1f}", checks)
+    wall = time.perf_counter() - t0
+    passed = all(c["ok"] for c in checks)
+    write_json("gpu_smoke", {"machine": machine_info(1), "gpu": torch.cuda.get_device_name(0),
+                               "checks": checks, "wall_s": wall, "passed": passed})
+    print(f"gpu_smoke: {'PASSED' if passed else 'FAILED'} {sum(c['ok'] for c in checks)}/"
+          f"{len(checks)} checks in {wall:.0f} s on {torch.cuda.get_device_name(0)}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

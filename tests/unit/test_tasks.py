@@ -1,0 +1,144 @@
+"""The task contract (raynas.tasks): the tagging task and its datasets, metrics over padded
+batches, distillation masks, registries and the job's choice of task and objectives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raynas.config import DataConfig, build_config
+from raynas.errors import ConfigError
+from raynas.space import SearchSpace
+from raynas.tasks import TASKS, build_task, load_task_data, make_loader
+from raynas.tasks.tagging import IGNORE, peak_tags
+from raynas.training.losses import kd_kl
+
+MODEL = {"vocab_size": 16, "num_classes": 3, "max_len": 12}
+
+
+@pytest.fixture(scope="module")
+def task():
+    return TASKS.create("tagging", model=MODEL)
+
+
+@pytest.fixture(scope="module")
+def data(task):
+    return load_task_data(task, DataConfig(name="generated_tagging", options={"n": 300}
+                                           ).model_dump())
+
+
+def test_peak_tags():
+    assert peak_tags(np.array([1, 3, 2, 2, 5])).tolist() == [1, 2, 0, 0, 2]
+    assert peak_tags(np.array([4])).tolist() == [2]  # above the 0s outside
+
+
+def test_generated_tagging_has_the_stated_structure(data):
+    tr = data.train.tensors
+    assert tr["tokens"].shape[1] == MODEL["max_len"]
+    assert len(data.train) + len(data.val) + len(data.test) == 300
+    for tokens, length, tags in zip(tr["tokens"], tr["lengths"], tr["tags"]):
+        n = int(length)
+        assert 4 <= n <= MODEL["max_len"]
+        assert (tokens[n:] == 0).all() and (tags[n:] == IGNORE).all()  # padding
+        seq = tokens[:n].numpy()
+        assert (seq >= 1).all() and (seq < MODEL["vocab_size"]).all()
+        assert (np.abs(np.diff(seq)) <= 2).all()  # a random walk with steps -2..2
+        assert tags[:n].tolist() == peak_tags(seq).tolist()
+    # seeded: the same split twice, another seed another one
+    again = load_task_data(build_task_for(MODEL), DataConfig(
+        name="generated_tagging", options={"n": 300}).model_dump())
+    assert torch.equal(again.test.tensors["tokens"], data.test.tensors["tokens"])
+
+
+def build_task_for(model):
+    return TASKS.create("tagging", model=model)
+
+
+def test_metrics_ignore_padding(task):
+    tokens = torch.tensor([[3, 4, 0, 0], [5, 6, 7, 0]])
+    tags = torch.tensor([[0, 2, IGNORE, IGNORE], [0, 0, 2, IGNORE]])
+    out = torch.full((2, 4, 3), -5.0)
+    out[..., 0] = 5.0  # predicts tag 0 everywhere, padding included
+    batch = {"tokens": tokens, "lengths": torch.tensor([2, 3]), "tags": tags}
+    class Fixed(torch.nn.Module):
+        def forward(self, tokens, lengths):
+            return out
+
+    m = task.evaluate(Fixed(), [batch])
+    assert m["token_accuracy"] == pytest.approx(3 / 5)  # 5 real tokens, 3 tagged 0
+    expected = F.cross_entropy(out[tags != IGNORE], tags[tags != IGNORE])
+    assert m["loss"] == pytest.approx(float(expected), rel=1e-6)
+    assert task.loss(out, batch).item() == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_distillation_averages_over_real_tokens_only(task):
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 4, 3, generator=g), torch.randn(2, 4, 3, generator=g)
+    batch = {"tags": torch.tensor([[0, 1, IGNORE, IGNORE], [1, 1, 1, IGNORE]])}
+    mask = task.distill_mask(batch)
+    target = task.distill_target(teacher)
+    got = kd_kl(student, target, mask)
+    per = (target * (target.log() - F.log_softmax(student, -1))).sum(-1)
+    assert got.item() == pytest.approx(float(per[mask].mean()), rel=1e-5)
+    # padding positions change nothing
+    student2 = student.clone()
+    student2[~mask] = 100.0
+    assert kd_kl(student2, target, mask).item() == pytest.approx(got.item(), rel=1e-6)
+
+
+def test_parquet_tagging(tmp_path, task):
+    rows = {"tokens": [[1, 2, 3], [4, 5], [6, 7, 8, 9]] * 10,
+            "tags": [[0, 1, 2], [1, 0], [0, 0, 1, 2]] * 10}
+    pq.write_table(pa.table(rows), tmp_path / "t.parquet")
+    d = load_task_data(task, DataConfig(name="parquet_tagging", path=str(tmp_path / "t.parquet"),
+                                        val_fraction=0.2, test_fraction=0.2).model_dump())
+    all_lengths = torch.cat([s.tensors["lengths"] for s in (d.train, d.val, d.test)])
+    assert sorted(all_lengths.tolist()) == sorted([3, 2, 4] * 10)
+    b = next(iter(make_loader(d.train, 4)))
+    assert set(b) == {"tokens", "lengths", "tags"} and b["tokens"].shape == (4, 12)
+    long = {"tokens": [list(range(1, 14))], "tags": [[0] * 13]}
+    pq.write_table(pa.table(long), tmp_path / "long.parquet")
+    with pytest.raises(ConfigError, match="row 0 has 13 tokens and 13 tags; each row needs "
+                                          "1..12"):
+        load_task_data(task, DataConfig(name="parquet_tagging",
+                                        path=str(tmp_path / "long.parquet")).model_dump())
+    with pytest.raises(ConfigError, match="data.options.tags_column = 'labels': not a column"):
+        load_task_data(task, DataConfig(name="parquet_tagging", path=str(tmp_path / "t.parquet"),
+                                        options={"tags_column": "labels"}).model_dump())
+
+
+def test_build_task_checks_the_family(repo_root):
+    cnn = SearchSpace.load(repo_root / "search_spaces" / "tiny_cnn.yaml")
+    seq = SearchSpace.load(repo_root / "search_spaces" / "tiny_seq_conv.yaml")
+    assert build_task(cnn).name == "classification"
+    assert build_task(seq).name == "tagging"
+    with pytest.raises(ConfigError, match="task.name = 'tagging': family 'cnn' takes "
+                                          "classification"):
+        build_task(cnn, {"name": "tagging"})
+    with pytest.raises(ConfigError, match="task.name = 'speech': unknown task; choose one of "
+                                          "classification, tagging"):
+        build_task(cnn, {"name": "speech"})
+    with pytest.raises(ConfigError, match="task.options.x = 1: unknown option"):
+        build_task(cnn, {"name": "classification", "options": {"x": 1}})
+
+
+def test_search_objectives_come_from_the_task():
+    from raynas.pipeline.job import Job
+
+    job = Job(build_config({"name": "t", "space": "tiny_seq_conv",
+                            "data": {"name": "generated_tagging"}}))
+    assert [(o.name, o.direction) for o in job.objectives] == [("token_accuracy", "max"),
+                                                               ("latency_ms", "min")]
+    job = Job(build_config({"name": "t", "space": "tiny_cnn", "search": {"objectives": [
+        {"name": "loss", "goal": "min"}, {"name": "params", "goal": "min"}]}}))
+    assert [(o.name, o.direction) for o in job.objectives] == [("loss", "min"),
+                                                               ("params", "min")]
+    with pytest.raises(ConfigError, match=r"search.objectives\[0\].name = 'bleu': not a metric "
+                                          "of task 'classification'; choose from accuracy, "
+                                          "loss, latency_ms"):
+        Job(build_config({"name": "t", "space": "tiny_cnn",
+                          "search": {"objectives": [{"name": "bleu", "goal": "max"}]}}))
