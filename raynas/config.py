@@ -303,11 +303,12 @@ def build_config(doc: Mapping[str, Any], source: str = "<config>",
 
 
 def _check_cross_fields(cfg: JobConfig, source: str) -> None:
-    from raynas.search.registry import searcher_names  # registry is light: no ray import
+    from raynas.search.registry import SEARCHERS  # registry is light: no ray import
 
-    if cfg.search.searcher not in searcher_names():
-        raise ConfigError(f"{source}: search.searcher = {cfg.search.searcher!r}: unknown; "
-                          f"choose one of {', '.join(searcher_names())}")
+    try:
+        SEARCHERS.get(cfg.search.searcher)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     _check_components(cfg, source)
     lat = cfg.latency
     if lat.model == "lut" and not lat.lut:

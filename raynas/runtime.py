@@ -157,9 +157,10 @@ def _cluster_line() -> str:
             f"({describe_resources(ray.available_resources())} free)")
 
 
-class _Watch(threading.Thread):
+class PlacementWatch(threading.Thread):
     """Reports this job's pending placement groups every few seconds; past the timeout it
-    interrupts the main thread (which ``placement_watch`` turns into a ResourceError)."""
+    sets ``timed_out`` (the error message) and interrupts the main thread, which
+    ``placement_watch`` turns into a ResourceError."""
 
     def __init__(self, what: str | None, timeout_s: float | None, every_s: float,
                  say: Callable[[str], None]):
@@ -205,14 +206,23 @@ class _Watch(threading.Thread):
                 last_report = now
 
 
+_WATCHES: list[PlacementWatch] = []  # the active ones, innermost last
+
+
+def placement_timed_out() -> str | None:
+    """Why the innermost active ``placement_watch`` stopped its block (its error message),
+    or None: a KeyboardInterrupt seen inside the block is then a real Ctrl-C."""
+    return _WATCHES[-1].timed_out if _WATCHES else None
+
+
 @contextlib.contextmanager
 def placement_watch(what: str | None = None, timeout_s: float | None = None,
                     every_s: float = REPORT_EVERY_S,
-                    say: Callable[[str], None] | None = None) -> Iterator[None]:
+                    say: Callable[[str], None] | None = None) -> Iterator[PlacementWatch]:
     """While the block runs (in the main thread), report this job's placement groups that
     wait to be placed every ``every_s`` seconds, and stop the block with ``ResourceError``
     once one has waited ``timeout_s`` (None: wait for ever). Ray must be initialised."""
-    watch = _Watch(what, timeout_s, every_s, say or _say)
+    watch = PlacementWatch(what, timeout_s, every_s, say or _say)
     # Ctrl-C and the timeout both arrive as KeyboardInterrupt, by Python's own handler: not a
     # handler left behind by Ray Train (it waits for a controller that may be gone) or Ray
     # Tune (it ends the search quietly, as if it had finished).
@@ -221,16 +231,18 @@ def placement_watch(what: str | None = None, timeout_s: float | None = None,
     tune_handler = os.environ.get(_TUNE_SIGINT)
     os.environ[_TUNE_SIGINT] = "1"  # read by Ray Tune when a search starts
     watch.start()
+    _WATCHES.append(watch)
     try:
-        yield
+        yield watch
     except KeyboardInterrupt:
         if watch.timed_out:
             raise ResourceError(watch.timed_out) from None
         raise
     finally:
+        _WATCHES.remove(watch)
         watch.stop.set()
         watch.join(5.0)  # done before Ray goes down (at most one GCS call in flight)
-        if main:
+        if main and previous is not None:  # None: a handler not set from Python
             signal.signal(signal.SIGINT, previous)
         if tune_handler is None:
             os.environ.pop(_TUNE_SIGINT, None)

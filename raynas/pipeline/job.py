@@ -23,7 +23,14 @@ from raynas.pipeline.latency import profile_latency
 from raynas.pipeline.progress import say
 from raynas.pipeline.search import SearchSummary, finished_search, search_stage
 from raynas.pipeline.train import train_stage
-from raynas.runtime import Request, check_placeable, placement_watch, ray_session
+from raynas.runtime import (
+    Request,
+    ResourceError,
+    check_placeable,
+    placement_timed_out,
+    placement_watch,
+    ray_session,
+)
 from raynas.search.searchers import Constraint, Objective
 from raynas.space import SearchSpace
 from raynas.space.registry import load_space
@@ -118,6 +125,10 @@ class Job:
         try:
             yield run_id
         except KeyboardInterrupt:
+            timed_out = placement_timed_out()
+            if timed_out:  # not Ctrl-C: Ray could not place a stage in time
+                self.tracker.end_run("FAILED")
+                raise ResourceError(timed_out) from None
             self._mark_interrupted(name)
             self.tracker.end_run("KILLED")
             raise

@@ -8,7 +8,9 @@ when the evaluation failed). Batching, Ray Tune and the evaluator live elsewhere
 
 from __future__ import annotations
 
+import copy
 import random
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ class Objective:
         if self.direction not in ("max", "min"):
             raise ValueError(f"objective {self.name}: direction must be 'max' or 'min'")
 
+
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
 
 DEFAULT_OBJECTIVES = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
 
@@ -119,6 +123,32 @@ class OptunaSearcher(AskTellSearcher):
         self._repeats = 0
         self.restarts = 0
         self._rng = random.Random(seed)
+
+    # Ray Tune pickles the searcher with its experiment state (and to resume it). Some Optuna
+    # samplers hold a lock (the GA samplers do from Optuna 5.1), which pickle refuses: the
+    # pickled copy leaves the sampler's locks out and the unpickled one makes new ones.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        sampler = self.study.sampler
+        locks = sorted(k for k, v in vars(sampler).items() if isinstance(v, _LOCK_TYPES))
+        if locks:
+            sampler = copy.copy(sampler)
+            for k in locks:
+                delattr(sampler, k)
+            study = state["study"] = copy.copy(self.study)
+            study.sampler = sampler
+            state["_trials"] = {}  # the asked trials, on that copy (pickle keeps one study)
+            for token, trial in self._trials.items():
+                state["_trials"][token] = copy.copy(trial)
+                state["_trials"][token].study = study
+        state["_sampler_locks"] = locks
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        locks = state.pop("_sampler_locks", ())
+        self.__dict__.update(state)
+        for k in locks:
+            setattr(self.study.sampler, k, threading.Lock())
 
     def _params(self, arch: Arch) -> dict[str, Any]:
         """``arch`` in this searcher's Optuna parameter names (unused layer slots random)."""

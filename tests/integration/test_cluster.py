@@ -128,7 +128,7 @@ def test_submitted_job_spreads_training_measures_on_the_target_and_tracks_to_the
     train = stages["train"]
     assert set(train.data.tags["raynas.train_nodes"].split(",")) == set(
         cluster.node_ids.values())
-    assert _steps(client, train.info.run_id, "val_acc_largest") == [0, 1]
+    assert _steps(client, train.info.run_id, "val_accuracy_largest") == [0, 1]
     names = {a.path for a in client.list_artifacts(train.info.run_id, "checkpoint")}
     assert "checkpoint/supernet.pt" in names
 
@@ -167,12 +167,12 @@ def test_the_cluster_keeps_token_auth_and_loopback_binding(cluster, mlflow_serve
 
 # ---- resources the cluster does not have (yet) ---------------------------------------------
 def test_a_worker_group_the_cluster_cannot_place_is_reported_then_times_out(
-        cluster, mlflow_server, tmp_path):
+        cluster, mlflow_server, client, tmp_path):
     # 16 workers x 1 CPU on a 5-CPU cluster: a node could still join, so raynas waits, says
     # so every few seconds, and gives up at ray.placement_timeout_s.
     log = tmp_path / "train.log"
     proc = _raynas(cluster, mlflow_server,
-                   ["train", SMOKE, "train.num_workers=16", "ray.placement_timeout_s=12",
+                   ["run", SMOKE, "train.num_workers=16", "ray.placement_timeout_s=12",
                     "tracking.experiment=placement-timeout", "--output-dir",
                     str(tmp_path / "out")], log)
     try:
@@ -188,6 +188,10 @@ def test_a_worker_group_the_cluster_cannot_place_is_reported_then_times_out(
     (error,) = [ln for ln in text.splitlines() if ln.startswith("raynas: error")]
     assert "could not place 16 x {1 CPU}" in error
     assert "ray.placement_timeout_s = 12 s" in error and "the cluster has 5 CPU" in error
+    # A timeout is a failure, not a Ctrl-C: the job's run and its train run say so.
+    runs = _runs(client, "placement-timeout")
+    assert sorted(r.data.tags["raynas.stage"] for r in runs) == ["smoke", "train"]
+    assert {r.info.status for r in runs} == {"FAILED"}
     # The driver's job is over: nothing of it keeps waiting on the cluster.
     wait_for("the pending worker group to go", lambda: not [
         g for g in cluster.list("placement_groups") if g["state"] == "PENDING"], 60)
@@ -205,8 +209,8 @@ def killed_training(cluster, mlflow_server, client, tmp_path_factory):
     try:
         run = wait_for("the train run", lambda: _runs(client, "train-failure", "train"), 120)[0]
         wait_for("two epochs logged", lambda: len(
-            _steps(client, run.info.run_id, "val_acc_largest")) >= 2, 240)
-        logged = _steps(client, run.info.run_id, "val_acc_largest")
+            _steps(client, run.info.run_id, "val_accuracy_largest")) >= 2, 240)
+        logged = _steps(client, run.info.run_id, "val_accuracy_largest")
         victim = cluster.actors("RayTrainWorker")[0]
         os.kill(victim["pid"], signal.SIGKILL)
         text = _finish(proc, log)
@@ -226,7 +230,7 @@ def test_killed_train_worker_resumes_from_the_latest_checkpoint(killed_training,
     # them, so at most the epoch the worker was in (and not yet logged) is redone.
     assert resumed.value in (before[-1] + 1, before[-1] + 2), (resumed.value, before)
     # Each epoch's metrics are logged exactly once, and the run's final metrics once.
-    assert _steps(client, run_id, "val_acc_largest") == list(range(6))
+    assert _steps(client, run_id, "val_accuracy_largest") == list(range(6))
     assert len(client.get_metric_history(run_id, "train_wall_s")) == 1
     assert client.get_run(run_id).info.status == "FINISHED"
     assert (killed_training["out"] / "checkpoint" / "supernet.pt").is_file()

@@ -13,7 +13,8 @@ from raynas.space import Arch
 
 KEYS = {"arch_key", "arch", "accuracy", "test_accuracy", "loss", "test_loss", "latency_ms",
         "latency_target",
-        "latency_model", "flops", "params", "eval_device", "eval_s", "evaluated_at"}
+        "latency_model", "latency_node", "flops", "params", "eval_device", "eval_s",
+        "evaluated_at"}
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +130,16 @@ def test_calibration_draws_a_random_sample_not_the_first_rows(tmp_path, tiny_che
                                                                             "sorted.parquet")},
                       {"min_run_time_s": 0.002}, {"calib_batches": 1, "calib_batch_size": 64})
     assert torch.equal(again._calib[0]["images"], ev._calib[0]["images"])  # seeded
+
+
+def test_data_batch_size_sets_the_evaluation_batches(tiny_checkpoint, tiny_space):
+    """``data.batch_size`` bounds memory per forward; the metrics do not depend on it."""
+    small = Evaluator(str(tiny_checkpoint), {"name": "digits", "batch_size": 7},
+                      {"min_run_time_s": 0.002})
+    big = Evaluator(str(tiny_checkpoint), {"name": "digits"}, {"min_run_time_s": 0.002})
+    assert {len(b["labels"]) for b in small.val_batches[:-1]} == {7}
+    assert len(big.val_batches[0]["labels"]) == min(256, len(big.data.val))
+    arch = tiny_space.sample(4)
+    a, b = small.evaluate([arch.to_dict()])[0], big.evaluate([arch.to_dict()])[0]
+    assert a["accuracy"] == pytest.approx(b["accuracy"])
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

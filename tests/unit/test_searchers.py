@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from raynas.errors import ConfigError
 from raynas.search.registry import create_searcher, register_searcher, searcher_names
-from raynas.search.searchers import DEFAULT_OBJECTIVES, Constraint, Objective, OptunaSearcher
+from raynas.search.searchers import (
+    DEFAULT_OBJECTIVES,
+    Constraint,
+    Objective,
+    OptunaSearcher,
+    RandomSearcher,
+)
 from raynas.space import Arch, SearchSpace
 
 SEARCHERS = ["optuna_nsga2", "optuna_tpe", "random", "nevergrad", "hat_evolution"]
@@ -64,6 +72,27 @@ def test_concurrent_asks(name, tiny_space):
         searcher.tell(token, _objective(arch))
     token, arch = searcher.ask()
     assert tiny_space.contains(arch)
+
+
+@pytest.mark.parametrize("name", SEARCHERS)
+def test_a_searcher_pickled_mid_search_goes_on_as_the_original(name, tiny_space):
+    """Ray Tune pickles the searcher with its experiment state and to resume it."""
+    from ray import cloudpickle
+
+    searcher = _make(name, tiny_space, seed=2)
+    for _ in range(12):  # past NSGA-II's first generation of 8
+        token, arch = searcher.ask()
+        searcher.tell(token, _objective(arch))
+    in_flight = [searcher.ask() for _ in range(3)]  # Tune saves with trials running
+    copy = cloudpickle.loads(cloudpickle.dumps(searcher))
+    for token, arch in in_flight:
+        searcher.tell(token, _objective(arch))
+        copy.tell(token, _objective(arch))
+    for _ in range(10):
+        (t1, a1), (t2, a2) = searcher.ask(), copy.ask()
+        assert a1 == a2
+        searcher.tell(t1, _objective(a1))
+        copy.tell(t2, _objective(a2))
 
 
 @pytest.mark.parametrize("name", ["optuna_nsga2", "optuna_tpe"])
@@ -141,3 +170,26 @@ def test_float_dims_suggested(rng):
 
 def test_default_objectives():
     assert DEFAULT_OBJECTIVES == (Objective("accuracy", "max"), Objective("latency_ms", "min"))
+
+
+def test_a_searcher_registers_through_an_entry_point(tmp_path, monkeypatch, tiny_space):
+    from raynas.search.registry import SEARCHERS
+
+    (tmp_path / "my_searcher.py").write_text(
+        "from raynas.search.registry import register_searcher\n"
+        "from raynas.search.searchers import RandomSearcher\n"
+        "@register_searcher('my_random')\n"
+        "def make(space, objectives, constraints=(), seed=0, **_):\n"
+        "    return RandomSearcher(space, objectives, constraints, seed)\n")
+    dist = tmp_path / "my_searcher-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-searcher\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[raynas.searchers]\nmy_random = my_searcher\n")
+    searcher_names()  # built-ins registered before the registry is copied
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(SEARCHERS, "_loaded", False)
+    monkeypatch.setattr(SEARCHERS, "_items", dict(SEARCHERS._items))
+    monkeypatch.delitem(sys.modules, "my_searcher", raising=False)
+    assert "my_random" in searcher_names()
+    s = create_searcher("my_random", space=tiny_space, objectives=DEFAULT_OBJECTIVES, seed=1)
+    assert isinstance(s, RandomSearcher) and tiny_space.contains(s.ask()[1])
