@@ -8,6 +8,7 @@ Python values only, loaded with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,28 @@ def read_checkpoint_bytes(path: str | Path) -> bytes:
     return file.read_bytes()
 
 
+def load_torch_file(source: Any, what: str) -> Any:
+    """``torch.load(source, weights_only=True)`` on the CPU; a file that is not a whole torch
+    file, or that holds Python objects beyond tensors and plain values (unpickling those could
+    run code), is a ``CheckpointError`` that starts with ``what`` ("checkpoint 'x.pt'")."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            raise CheckpointError(
+                f"{what} cannot be read: it holds Python objects beyond tensors and plain "
+                "values, which raynas does not load (unpickling them could run code)") from None
+        reason = _first_line(exc)
+    except Exception as exc:  # torch's own messages on a broken file are a KeyError's key...
+        reason = _first_line(exc)
+    raise CheckpointError(f"{what} cannot be read: not a complete torch file ({reason})")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def load_checkpoint(path: str | Path | bytes, expected: SearchSpace | None = None
                     ) -> dict[str, Any]:
     """Load a checkpoint directory (or its ``supernet.pt``, or that file's bytes).
@@ -68,11 +91,7 @@ def load_checkpoint(path: str | Path | bytes, expected: SearchSpace | None = Non
         if not file.is_file():
             raise CheckpointError(f"checkpoint {str(path)!r}: no {FILENAME} found there")
         source = file
-    try:
-        payload = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, foreign pickle: say which file, not a traceback
-        raise CheckpointError(f"checkpoint {str(file)!r} cannot be read: "
-                              f"{str(exc).splitlines()[0]}") from None
+    payload = load_torch_file(source, f"checkpoint {str(file)!r}")
     if (not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION
             or not {"space", "model", "epoch"} <= payload.keys()):
         raise CheckpointError(f"checkpoint {str(file)!r} is not a raynas supernet checkpoint")

@@ -17,7 +17,8 @@ __all__ = ["build_parser", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``raynas`` command (``argv`` defaults to ``sys.argv[1:]``); return its exit
-    status: 0 on success, 2 for bad input, 130 when interrupted."""
+    status: 0 on success, 2 for bad input, 130 when interrupted, 141 when the reader
+    of its output has gone."""
     parser = build_parser()
     # Overrides may come after options (`--from-run ID train.epochs=3`): argparse's
     # positional list stops at the first option, so collect the stragglers here.
@@ -28,10 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # malformed ones get parse_overrides' one-line error, like those before options
         args.overrides = [*args.overrides, *extra]
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # here, where a reader that has gone is handled below
+        return rc
     except RaynasError as exc:
         print(f"raynas: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("raynas: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `raynas spaces list | head`: the reader has gone; so do we
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+        return 141  # as a process ended by SIGPIPE

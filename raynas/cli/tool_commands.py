@@ -19,6 +19,8 @@ def cmd_latency_fit(args: argparse.Namespace) -> int:
 
     if not 0 < args.holdout < 1:
         raise ConfigError(f"--holdout = {args.holdout}: must be between 0 and 1")
+    if not 0 <= args.seed <= 2**32 - 1:
+        raise ConfigError(f"--seed = {args.seed}: must be between 0 and {2**32 - 1}")
     if not Path(args.table).is_file():
         raise ConfigError(f"TABLE = {args.table!r}: file does not exist")
     space = load_space(args.space)

@@ -22,7 +22,7 @@ from raynas.pipeline.export import export_stage
 from raynas.pipeline.latency import profile_latency
 from raynas.pipeline.progress import say
 from raynas.pipeline.search import SearchSummary, finished_search, search_stage
-from raynas.pipeline.train import train_stage
+from raynas.pipeline.train import check_train_inputs, train_stage
 from raynas.runtime import (
     Request,
     ResourceError,
@@ -204,6 +204,8 @@ class Job:
         """
         t0 = time.perf_counter()
         state = self.load_state() if resume else {}
+        if not state.get("train", {}).get("status") == "finished":
+            check_train_inputs(self)
         if not resume and self.state_path.is_file():
             self.state_path.unlink()  # a fresh job in this directory
         with contextlib.ExitStack() as ray_up:

@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from raynas.pipeline.job import Job
 
 
+def check_train_inputs(job: Job) -> None:
+    """Fail on a wrong ``train.resume_from`` before any run, file or Ray worker exists."""
+    if job.cfg.train.resume_from:
+        load_checkpoint(resolve_path(job.cfg, job.cfg.train.resume_from), expected=job.space)
+
+
 def train_stage(job: Job, parent_id: str | None = None,
                 resume: dict[str, Any] | None = None) -> tuple[Path, str | None]:
     """Train the supernet; return the stable checkpoint directory and the run id.
@@ -28,14 +34,13 @@ def train_stage(job: Job, parent_id: str | None = None,
 
     cfg, space = job.cfg, job.space
     resume = resume or {}
+    t = cfg.train
+    check_train_inputs(job)
     with job.stage_run("train", parent_id, resume.get("run_id")) as run_id:
         if parent_id is None:
             job.log_config()
         ray_name = resume.get("ray_name") or f"train-{run_id or uuid.uuid4().hex}"[:14]
         job.save_state("train", run_id=run_id, ray_name=ray_name, status="running")
-        t = cfg.train
-        if t.resume_from:  # a wrong checkpoint fails here, not inside a Ray worker
-            load_checkpoint(resolve_path(cfg, t.resume_from), expected=space)
         say(f"train: supernet for space {space.name!r} ({space.size():,} "
             f"subnets), {t.epochs} epochs on {t.num_workers} Ray Train workers")
         tracking = ({"uri": job.tracker.uri, "run_id": run_id}

@@ -115,10 +115,25 @@ def test_arbitrary_pickle_refused(tmp_path, tiny_space):
         load_checkpoint(tmp_path)
     assert not marker.exists()
     assert isinstance(e.value, RaynasError) and "cannot be read" in str(e.value)
+    # Says why, and does not advise loading it anyway (torch's own text does).
+    assert "Python objects beyond tensors" in str(e.value)
+    assert "weights_only" not in str(e.value) and "\x1b" not in str(e.value)
 
     # a bare pickle (not a torch zip file) is refused the same way
     (tmp_path / "raw.pt").write_bytes(pickle.dumps({"format": 1, "x": _Payload(marker)},
                                                         protocol=2))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="Python objects beyond tensors"):
         load_checkpoint(tmp_path / "raw.pt")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world" * 10, "truncated"])
+def test_a_broken_file_says_it_is_not_a_complete_torch_file(tmp_path, content):
+    path = tmp_path / FILENAME
+    if content == "truncated":
+        torch.save({"x": torch.zeros(100)}, path)
+        path.write_bytes(path.read_bytes()[:300])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"cannot be read: not a complete torch file \("):
+        load_checkpoint(tmp_path)

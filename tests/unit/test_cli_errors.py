@@ -285,6 +285,23 @@ def test_export_corrupt_checkpoint_writes_nothing(tmp_path, monkeypatch, capsys,
     assert _written(tmp_path, ckpt) == ["ckpt"]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy, inside MLflow
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_corrupt_resume_from_checkpoint_writes_nothing(tmp_path, monkeypatch, capsys,
+                                                         quickstart_job, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "supernet.pt").write_bytes(b"\x00garbage\xff" * 64)
+    capsys.readouterr()
+    rc = main([command, str(quickstart_job), f"train.resume_from={ckpt}", "--output-dir",
+               str(tmp_path / "out")])
+    assert_one_error_line(rc, capsys.readouterr().err, "checkpoint", "supernet.pt",
+                          "cannot be read")
+    assert _written(tmp_path, ckpt) == ["ckpt"]  # no MLflow store, no output folder
+
+
 @pytest.mark.parametrize("override, needle", [
     ("seed=-1", "seed = -1: Input should be greater than or equal to 0"),
     (f"seed={2**32}", f"seed = {2**32}: Input should be less than or equal to {2**32 - 1}"),
@@ -312,6 +329,17 @@ def test_spaces_list(cli):
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert "74,088" in lines["digits_cnn"] and "cnn" in lines["digits_cnn"]
     assert "144" in lines["tiny_cnn"]
+
+
+def test_a_reader_that_goes_away_ends_the_listing_quietly():
+    # `raynas spaces list | head -1`: the pipe closes before raynas has written it all.
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "raynas", "spaces", "list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141 and err == "", err
 
 
 def test_spaces_list_flags_invalid_file(cli, tmp_path, monkeypatch):

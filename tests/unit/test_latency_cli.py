@@ -99,6 +99,8 @@ def test_fit_logs_to_mlflow(profiled):
 @pytest.mark.parametrize("argv,needle", [
     (["fit", "nope.parquet", "--space", "tiny_cnn"], "TABLE = 'nope.parquet'"),
     (["fit", "{table}", "--space", "tiny_cnn", "--holdout", "1.5"], "--holdout = 1.5"),
+    (["fit", "{table}", "--space", "tiny_cnn", "--seed", "-1"], "--seed = -1"),
+    (["fit", "{table}", "--space", "tiny_cnn", "--seed", str(2**32)], "4294967295"),
     (["fit", "{table}", "--space", "tiny_cnn", "--target", "gpu"], "no rows for target 'gpu'"),
     (["fit", "{table}", "--space", "digits_cnn"], "digits_cnn"),
     (["profile", "{job}", "--n", "0"], "--n = 0"),

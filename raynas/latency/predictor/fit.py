@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from raynas.checkpoint import load_torch_file
 from raynas.errors import CheckpointError, ConfigError, RaynasError
 from raynas.latency.predictor.base import (
     FORMAT,
@@ -139,11 +139,7 @@ def load_predictor(path: str | Path, space: SearchSpace, *,
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"latency predictor {str(path)!r} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, foreign pickle: name the file, no traceback
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"latency predictor {str(path)!r} cannot be read: {first}") from None
+    payload = load_torch_file(path, f"latency predictor {str(path)!r}")
     if (not isinstance(payload, dict) or payload.get("format") != FORMAT
             or not {"kind", "space_fingerprint", "state"} <= payload.keys()):
         raise CheckpointError(f"{str(path)!r} is not a raynas latency predictor file")
