@@ -266,16 +266,24 @@ def test_output_dir_is_a_file(cli, quickstart_job, digits_checkpoint, digits_spa
     assert _written(tmp_path) == ["taken.txt"]
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy, inside MLflow
-def test_export_corrupt_checkpoint_writes_nothing(tmp_path, monkeypatch, capsys, quickstart_job,
-                                                  digits_space):
-    # The real tracker: a store made before the checkpoint is read is the defect looked for.
+@pytest.fixture
+def corrupt_checkpoint(tmp_path, monkeypatch, capsys):
+    """A checkpoint folder whose supernet.pt is garbage, in a fresh working directory with the
+    real (default sqlite) tracker: a store made before the checkpoint is read is the defect
+    looked for."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "supernet.pt").write_bytes(b"\x00garbage\xff" * 64)
     capsys.readouterr()
+    return ckpt
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy, inside MLflow
+def test_export_corrupt_checkpoint_writes_nothing(tmp_path, capsys, quickstart_job,
+                                                  digits_space, corrupt_checkpoint):
+    ckpt = corrupt_checkpoint
     rc = main(["export", str(quickstart_job), "--checkpoint", str(ckpt), "--output-dir",
                str(tmp_path / "out"), "--arch", json.dumps(digits_space.smallest().to_dict())])
     assert_one_error_line(rc, capsys.readouterr().err, "checkpoint", "supernet.pt",
@@ -287,14 +295,9 @@ def test_export_corrupt_checkpoint_writes_nothing(tmp_path, monkeypatch, capsys,
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SQLAlchemy, inside MLflow
 @pytest.mark.parametrize("command", ["run", "train"])
-def test_a_corrupt_resume_from_checkpoint_writes_nothing(tmp_path, monkeypatch, capsys,
-                                                         quickstart_job, command):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    (ckpt / "supernet.pt").write_bytes(b"\x00garbage\xff" * 64)
-    capsys.readouterr()
+def test_a_corrupt_resume_from_checkpoint_writes_nothing(tmp_path, capsys, quickstart_job,
+                                                         command, corrupt_checkpoint):
+    ckpt = corrupt_checkpoint
     rc = main([command, str(quickstart_job), f"train.resume_from={ckpt}", "--output-dir",
                str(tmp_path / "out")])
     assert_one_error_line(rc, capsys.readouterr().err, "checkpoint", "supernet.pt",
