@@ -47,6 +47,12 @@ def _session_members(sid: int) -> list[int]:
     return pids
 
 
+def _sigint_default() -> None:
+    # As in a terminal: a test run started in the background (`pytest &`) hands its children
+    # SIGINT ignored, and Python then never turns it into KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def drivers():
     """Starts ``raynas`` drivers, each in its own session; at the end, ends every process
@@ -57,7 +63,8 @@ def drivers():
         with log.open("w") as f:
             proc = subprocess.Popen([sys.executable, "-m", "raynas", *args], cwd=tmp_path,
                                     env=_env(tmp_path, **env), stdout=f,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_sigint_default)
         started.append(proc)
         return proc
 

@@ -8,6 +8,7 @@ them, and the requests are built from real job configs.
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 
@@ -100,6 +101,18 @@ def test_placement_timeout_is_positive_or_unset(tmp_path):
 
 
 def test_run_in_thread_returns_raises_and_leaves_the_main_thread_to_ctrl_c():
+    # Python's own Ctrl-C handler, as placement_watch installs it around every Ray stage (a
+    # test run started in the background inherits SIGINT ignored, and interrupt_main would
+    # then do nothing).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _run_in_thread_checks()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run_in_thread_checks():
     assert run_in_thread(lambda: 42, "answer") == 42
     with pytest.raises(ZeroDivisionError):
         run_in_thread(lambda: 1 / 0, "fails")
