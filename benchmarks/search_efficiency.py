@@ -26,8 +26,10 @@ from _common import fmt, machine_info, summarize, write_json
 from _truth import TRUTH, load_truth
 
 from raynas.search.replay import load_table, replay
-from raynas.search.searchers import DEFAULT_OBJECTIVES
+from raynas.search.searchers import Objective
 from raynas.space.registry import load_space
+
+OBJECTIVES = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
 
 NAME = "search_efficiency"
 BUDGETS = [50, 100, 200, 300, 500]
@@ -45,7 +47,7 @@ def main() -> None:
 
     load_truth(args.checkpoint, rebuild=args.rebuild_truth)
     space = load_space("digits_cnn_small")
-    table = load_table(TRUTH, space, DEFAULT_OBJECTIVES)
+    table = load_table(TRUTH, space, OBJECTIVES)
     front = table.true_front()
     print(f"[bench] truth: {len(table.records)} subnets, true front {len(front)} points",
           flush=True)

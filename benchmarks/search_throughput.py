@@ -41,9 +41,11 @@ from raynas.config import build_config
 from raynas.evaluation.actor import create_evaluator_actor, evaluator_args, stop_evaluator_actor
 from raynas.evaluation.evaluator import Evaluator
 from raynas.runtime import ray_session
-from raynas.search.searchers import DEFAULT_OBJECTIVES, AskTellSearcher
+from raynas.search.searchers import AskTellSearcher, Objective
 from raynas.space import SearchSpace
 from raynas.supernets import create_supernet
+
+OBJECTIVES = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
 
 NAME = "search_throughput"
 GOAL = 0.8
@@ -53,7 +55,7 @@ class ReplaySearcher(AskTellSearcher):
     """Hands out a fixed list of archs, in order; remembers what it was told."""
 
     def __init__(self, space, archs):
-        super().__init__(space)
+        super().__init__(space, OBJECTIVES)
         self.archs = list(archs)
         self.next = 0
         self.told: dict[str, object] = {}
@@ -103,7 +105,7 @@ def run_tune(cfg, ckpt, space, archs, storage: Path, spt: int, concurrent: int,
         t0 = time.perf_counter_ns()
         outcome = run_search(searcher, handle, budget=len(archs), subnets_per_trial=spt,
                              max_concurrent_trials=concurrent, storage_path=storage,
-                             objectives=DEFAULT_OBJECTIVES, on_records=on_records)
+                             objectives=OBJECTIVES, on_records=on_records)
         t1 = time.perf_counter_ns()
     wall = (t1 - t0) / 1e9
     try:
@@ -148,7 +150,7 @@ def run_tune_null(space, archs, storage: Path, spt: int, concurrent: int,
         t0 = time.perf_counter_ns()
         run_search(ReplaySearcher(space, archs), handle, budget=len(archs),
                    subnets_per_trial=spt, max_concurrent_trials=concurrent,
-                   storage_path=storage, objectives=DEFAULT_OBJECTIVES,
+                   storage_path=storage, objectives=OBJECTIVES,
                    on_records=lambda batch: arrivals.append(time.perf_counter_ns()))
         t1 = time.perf_counter_ns()
     stop_evaluator_actor(handle)

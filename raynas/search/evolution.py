@@ -51,7 +51,7 @@ import numpy as np
 from raynas.errors import ConfigError, describe_value
 from raynas.search.pareto import pareto_mask
 from raynas.search.registry import register_searcher
-from raynas.search.searchers import DEFAULT_OBJECTIVES, AskTellSearcher, check_options
+from raynas.search.searchers import AskTellSearcher, check_options
 from raynas.space import Arch, PerLayer
 
 _REDRAWS = 10  # proposals tried before accepting an arch that is already known
@@ -125,7 +125,7 @@ def _count(name: str, value: Any, low: int) -> int:
 class EvolutionSearcher(AskTellSearcher):
     """HAT's evolutionary search; see the module docstring."""
 
-    def __init__(self, space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
+    def __init__(self, space, objectives, constraints=(), seed=0,
                  population_size: int = 32, parents_size: int = 8, mutation_size: int = 12,
                  crossover_size: int = 12, mutation_prob: float = 0.3):
         super().__init__(space, objectives, constraints, seed)
@@ -293,7 +293,7 @@ _OPTIONS = ("population_size", "parents_size", "mutation_size", "crossover_size"
 
 
 @register_searcher("hat_evolution")
-def _hat_evolution(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
+def _hat_evolution(space, objectives, constraints=(), seed=0,
                    population_size: int = 32, parents_size: int = 8, mutation_size: int = 12,
                    crossover_size: int = 12, mutation_prob: float = 0.3, **unknown):
     check_options("hat_evolution", unknown, _OPTIONS)

@@ -72,7 +72,7 @@ from typing import Any
 
 from raynas.errors import ConfigError, describe_value
 from raynas.search.registry import register_searcher
-from raynas.search.searchers import DEFAULT_OBJECTIVES, AskTellSearcher, check_options
+from raynas.search.searchers import AskTellSearcher, check_options
 from raynas.space import Arch, Choice, FloatRange, IntRange, PerLayer
 
 DEFAULT_OPTIMIZER = "NGOpt"
@@ -98,7 +98,7 @@ class NevergradSearcher(AskTellSearcher):
     with a single possible value are left out of the parametrization.
     """
 
-    def __init__(self, space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
+    def __init__(self, space, objectives, constraints=(), seed=0,
                  optimizer: str = DEFAULT_OPTIMIZER, budget: int | None = DEFAULT_BUDGET,
                  num_workers: int = DEFAULT_WORKERS,
                  reference: Sequence[float] | None = None):
@@ -305,7 +305,7 @@ _OPTIONS = ("optimizer", "budget", "num_workers", "reference", "population_size"
 
 
 @register_searcher("nevergrad")
-def _nevergrad(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
+def _nevergrad(space, objectives, constraints=(), seed=0,
                optimizer: str = DEFAULT_OPTIMIZER, budget: int | None = DEFAULT_BUDGET,
                num_workers: int = DEFAULT_WORKERS, reference: Sequence[float] | None = None,
                population_size: int | None = None, **unknown):

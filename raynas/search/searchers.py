@@ -35,8 +35,6 @@ class Objective:
 
 _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
 
-DEFAULT_OBJECTIVES = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
-
 
 @dataclass(frozen=True)
 class Constraint:
@@ -65,7 +63,7 @@ def check_options(searcher: str, unknown: Mapping[str, Any], allowed: Iterable[s
 class AskTellSearcher(ABC):
     """Base class: propose Archs one at a time, learn from their results."""
 
-    def __init__(self, space: SearchSpace, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES,
+    def __init__(self, space: SearchSpace, objectives: Sequence[Objective],
                  constraints: Sequence[Constraint] = (), seed: int = 0):
         self.space, self.objectives, self.constraints, self.seed = (
             space, tuple(objectives), tuple(constraints), seed
@@ -83,7 +81,7 @@ class AskTellSearcher(ABC):
 class RandomSearcher(AskTellSearcher):
     """Uniform random sampling (per dimension): the baseline every searcher must beat."""
 
-    def __init__(self, space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0, **_):
+    def __init__(self, space, objectives, constraints=(), seed=0, **_):
         super().__init__(space, objectives, constraints, seed)
         self._rng = random.Random(seed)
 
@@ -109,7 +107,7 @@ class OptunaSearcher(AskTellSearcher):
     ``study.enqueue_trial``, the way the sampler's own start-up trials are random.
     """
 
-    def __init__(self, space, sampler, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
+    def __init__(self, space, sampler, objectives, constraints=(), seed=0,
                  patience: int = 4):
         import optuna
 
@@ -209,7 +207,7 @@ class OptunaSearcher(AskTellSearcher):
 
 
 @register_searcher("optuna_nsga2")
-def _nsga2(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
+def _nsga2(space, objectives, constraints=(), seed=0,
            population_size: int = 32, **unknown):
     import optuna
 
@@ -219,7 +217,7 @@ def _nsga2(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
 
 
 @register_searcher("optuna_tpe")
-def _tpe(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
+def _tpe(space, objectives, constraints=(), seed=0,
          population_size: int | None = None, **unknown):
     import optuna
 
@@ -233,7 +231,7 @@ def _tpe(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
 
 
 @register_searcher("random")
-def _random(space, objectives=DEFAULT_OBJECTIVES, constraints=(), seed=0,
+def _random(space, objectives, constraints=(), seed=0,
             population_size: int | None = None, **unknown):
     # population_size is accepted (the driver passes it to every searcher) and ignored.
     check_options("random", unknown, ["population_size"])

@@ -14,7 +14,9 @@ from raynas.search.pareto import (
     pareto_front,
     pareto_mask,
 )
-from raynas.search.searchers import DEFAULT_OBJECTIVES, Constraint, Objective
+from raynas.search.searchers import Constraint, Objective
+
+ACC_LAT = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
 
 
 def _r(key, acc, lat, params=100):
@@ -41,37 +43,37 @@ def _keys(front):
 
 class TestFront:
     def test_unconstrained(self):
-        assert _keys(pareto_front(RECORDS, DEFAULT_OBJECTIVES)) == ["p"]
+        assert _keys(pareto_front(RECORDS, ACC_LAT)) == ["p"]
 
     def test_constraint_removes_before_dominance(self):
         cap = (Constraint("params", 1000),)
-        front = pareto_front(RECORDS, DEFAULT_OBJECTIVES, cap)
+        front = pareto_front(RECORDS, ACC_LAT, cap)
         assert _keys(front) == ["i", "c", "b", "e", "a", "g"]
         lat = [r["latency_ms"] for r in front]
         assert lat == sorted(lat)
 
     def test_latency_budget(self):
         cons = (Constraint("params", 1000), Constraint("latency_ms", 6.0))
-        front = pareto_front(RECORDS, DEFAULT_OBJECTIVES, cons)
+        front = pareto_front(RECORDS, ACC_LAT, cons)
         assert _keys(front) == ["i", "c", "b", "e", "a"]
         assert all(r["latency_ms"] <= 6.0 for r in front)
         # budget exactly at a point's latency keeps it (<=)
         cons = (Constraint("params", 1000), Constraint("latency_ms", 5.0))
-        assert _keys(pareto_front(RECORDS, DEFAULT_OBJECTIVES, cons))[-1] == "a"
+        assert _keys(pareto_front(RECORDS, ACC_LAT, cons))[-1] == "a"
 
     def test_everything_infeasible(self):
-        assert pareto_front(RECORDS, DEFAULT_OBJECTIVES, (Constraint("latency_ms", 0.1),)) == []
-        assert pareto_front([], DEFAULT_OBJECTIVES) == []
+        assert pareto_front(RECORDS, ACC_LAT, (Constraint("latency_ms", 0.1),)) == []
+        assert pareto_front([], ACC_LAT) == []
 
     def test_same_latency_orders_by_accuracy(self):
         recs = [_r("x", 0.6, 1.0), _r("y", 0.9, 2.0), _r("z", 0.7, 1.0)]
         # x is dominated by z (same latency, less accurate)
-        assert _keys(pareto_front(recs, DEFAULT_OBJECTIVES)) == ["z", "y"]
+        assert _keys(pareto_front(recs, ACC_LAT)) == ["z", "y"]
 
     def test_without_arch_keys(self):
         recs = [{"accuracy": 0.5, "latency_ms": 1.0}, {"accuracy": 0.5, "latency_ms": 1.0},
                 {"accuracy": 0.4, "latency_ms": 2.0}]
-        assert len(pareto_front(recs, DEFAULT_OBJECTIVES)) == 2  # duplicates stay
+        assert len(pareto_front(recs, ACC_LAT)) == 2  # duplicates stay
 
     def test_other_objectives(self):
         objs = (Objective("latency_ms", "min"), Objective("params", "min"))
@@ -98,49 +100,49 @@ class TestHypervolume:
     EXPECTED = 7.4
 
     def test_hand_computed(self):
-        assert hypervolume(self.POINTS, DEFAULT_OBJECTIVES, self.REF) == \
+        assert hypervolume(self.POINTS, ACC_LAT, self.REF) == \
             pytest.approx(self.EXPECTED)
 
     def test_single_point_is_a_rectangle(self):
-        assert hypervolume([_r("x", 0.6, 4.0)], DEFAULT_OBJECTIVES, self.REF) == \
+        assert hypervolume([_r("x", 0.6, 4.0)], ACC_LAT, self.REF) == \
             pytest.approx(0.6 * 6.0)
 
     def test_dominated_and_duplicate_points_add_nothing(self):
         extra = [_r("d", 0.7, 3.0), _r("b", 0.8, 2.0), _r("h", 0.4, 9.0)]
-        assert hypervolume(self.POINTS + extra, DEFAULT_OBJECTIVES, self.REF) == \
+        assert hypervolume(self.POINTS + extra, ACC_LAT, self.REF) == \
             pytest.approx(self.EXPECTED)
 
     def test_points_outside_reference_add_nothing(self):
         outside = [_r("slow", 0.99, 12.0), _r("at_ref", 0.95, 10.0), _r("zero", 0.0, 0.5),
                    _r("neg", -0.1, 0.1)]
-        assert hypervolume(self.POINTS + outside, DEFAULT_OBJECTIVES, self.REF) == \
+        assert hypervolume(self.POINTS + outside, ACC_LAT, self.REF) == \
             pytest.approx(self.EXPECTED)
-        assert hypervolume(outside, DEFAULT_OBJECTIVES, self.REF) == 0.0
+        assert hypervolume(outside, ACC_LAT, self.REF) == 0.0
 
     def test_constraint(self):
-        hv = hypervolume(self.POINTS, DEFAULT_OBJECTIVES, self.REF,
+        hv = hypervolume(self.POINTS, ACC_LAT, self.REF,
                          (Constraint("latency_ms", 3.0),))
         assert hv == pytest.approx(4.5 + 2.4)
-        assert hypervolume(self.POINTS, DEFAULT_OBJECTIVES, self.REF,
+        assert hypervolume(self.POINTS, ACC_LAT, self.REF,
                            (Constraint("latency_ms", 0.1),)) == 0.0
-        assert hypervolume([], DEFAULT_OBJECTIVES, self.REF) == 0.0
+        assert hypervolume([], ACC_LAT, self.REF) == 0.0
 
     def test_three_objectives(self):
-        objs = DEFAULT_OBJECTIVES + (Objective("params", "min"),)
+        objs = ACC_LAT + (Objective("params", "min"),)
         pts = [_r("p", 0.5, 2.0, 3), _r("q", 0.25, 1.0, 4)]
         # boxes 0.5*2*2 and 0.25*3*1 overlap in 0.25*2*1
         assert hypervolume(pts, objs, [0.0, 4.0, 5.0]) == pytest.approx(2 + 0.75 - 0.5)
 
     def test_default_reference(self):
         # worst value pushed out by 10% of the range: accuracy 0.5 - 0.04, latency 5 + 0.4
-        ref = default_reference(DEFAULT_OBJECTIVES, self.POINTS)
+        ref = default_reference(ACC_LAT, self.POINTS)
         assert ref == pytest.approx([0.46, 5.4])
-        assert hypervolume(self.POINTS, DEFAULT_OBJECTIVES, ref) == \
+        assert hypervolume(self.POINTS, ACC_LAT, ref) == \
             pytest.approx(4.4 * 0.04 + 3.4 * 0.3 + 0.4 * 0.1)
 
     def test_monotone_in_points(self):
-        base = hypervolume(self.POINTS, DEFAULT_OBJECTIVES, self.REF)
-        better = hypervolume(self.POINTS + [_r("n", 0.85, 1.5)], DEFAULT_OBJECTIVES, self.REF)
+        base = hypervolume(self.POINTS, ACC_LAT, self.REF)
+        better = hypervolume(self.POINTS + [_r("n", 0.85, 1.5)], ACC_LAT, self.REF)
         # the new point adds the box latency [1.5, 2] x accuracy [0.5, 0.85] plus
         # latency [2, 5] x accuracy [0.8, 0.85] (beyond 5 ms, point a already covers it)
         assert better == pytest.approx(base + 0.5 * 0.35 + 3 * 0.05)
@@ -221,11 +223,11 @@ class TestExactHypervolume:
 
     def test_one_objective(self):
         # accuracy alone (latency only a budget): the distance from the best to the reference
-        objs = DEFAULT_OBJECTIVES[:1]
+        objs = ACC_LAT[:1]
         assert hypervolume(TestHypervolume.POINTS, objs, [0.2]) == pytest.approx(0.7)
 
     def test_needs_no_private_optuna_module(self, monkeypatch):
         # optuna._hypervolume is private: a minor release may move it (optuna < 7 is allowed).
         monkeypatch.setitem(sys.modules, "optuna._hypervolume", None)
-        assert hypervolume(TestHypervolume.POINTS, DEFAULT_OBJECTIVES, TestHypervolume.REF) \
+        assert hypervolume(TestHypervolume.POINTS, ACC_LAT, TestHypervolume.REF) \
             == pytest.approx(TestHypervolume.EXPECTED)

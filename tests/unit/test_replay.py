@@ -19,7 +19,9 @@ from raynas.search.replay import (
     replay_once,
 )
 from raynas.search.results import write_records
-from raynas.search.searchers import DEFAULT_OBJECTIVES
+from raynas.search.searchers import Objective
+
+ACC_LAT = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
 
 
 def _metrics(arch) -> dict[str, float]:
@@ -62,7 +64,7 @@ def test_parse_objective_and_constraint():
 
 def test_load_our_own_table(tiny_table, tiny_space):
     path, records = tiny_table
-    table = load_table(path, tiny_space, DEFAULT_OBJECTIVES)
+    table = load_table(path, tiny_space, ACC_LAT)
     assert len(table.records) == tiny_space.size() == len(records)
     first = records[0]
     key = tiny_space.validate(first["arch"]).key
@@ -73,7 +75,7 @@ def test_load_csv_with_strings_and_duplicates(tmp_path, tiny_space):
     a, b = tiny_space.largest(), tiny_space.smallest()
     path = _csv(tmp_path / "t.csv", tiny_space,
                 [(a, 0.9, 2.0), (a, 0.8, 4.0), (b, 0.5, "nan"), (b, 0.6, 1.0)])
-    table = load_table(path, tiny_space, DEFAULT_OBJECTIVES)
+    table = load_table(path, tiny_space, ACC_LAT)
     assert table.rows == 4 and table.dropped == 1
     assert table.records[a.key]["accuracy"] == pytest.approx(0.85)  # duplicates averaged
     assert table.records[a.key]["latency_ms"] == pytest.approx(3.0)
@@ -83,7 +85,7 @@ def test_load_csv_with_strings_and_duplicates(tmp_path, tiny_space):
 def test_load_errors(tmp_path, tiny_space, tiny_table):
     path, _ = tiny_table
     with pytest.raises(ConfigError, match="does not exist"):
-        load_table(tmp_path / "nope.parquet", tiny_space, DEFAULT_OBJECTIVES)
+        load_table(tmp_path / "nope.parquet", tiny_space, ACC_LAT)
     with pytest.raises(ConfigError, match=r"lacks column\(s\) energy_mj"):
         load_table(path, tiny_space, [parse_objective("energy_mj:min")])
     bad = dict(tiny_space.largest())
@@ -95,14 +97,14 @@ def test_load_errors(tmp_path, tiny_space, tiny_table):
         w.writerow([json.dumps(list(bad_row[d])) if isinstance(bad_row[d], tuple)
                     else bad_row[d] for d in tiny_space.names] + [0.5, 1.0])
     with pytest.raises(ConfigError, match=r"row 1: .*s1_width.*7"):
-        load_table(p, tiny_space, DEFAULT_OBJECTIVES)
+        load_table(p, tiny_space, ACC_LAT)
     (tmp_path / "junk.parquet").write_text("not parquet")
     with pytest.raises(ConfigError, match="cannot read it as Parquet"):
-        load_table(tmp_path / "junk.parquet", tiny_space, DEFAULT_OBJECTIVES)
+        load_table(tmp_path / "junk.parquet", tiny_space, ACC_LAT)
 
 
 def test_reference_is_beyond_worst(tiny_table, tiny_space):
-    table = load_table(tiny_table[0], tiny_space, DEFAULT_OBJECTIVES)
+    table = load_table(tiny_table[0], tiny_space, ACC_LAT)
     acc = [r["accuracy"] for r in table.records.values()]
     lat = [r["latency_ms"] for r in table.records.values()]
     ref = default_reference(table.objectives, table.records.values())
@@ -111,10 +113,10 @@ def test_reference_is_beyond_worst(tiny_table, tiny_space):
 
 def test_default_reference_is_the_search_rule(tiny_table, tiny_space):
     # replay and a live search place the reference point by one rule: default_reference
-    table = load_table(tiny_table[0], tiny_space, DEFAULT_OBJECTIVES)
+    table = load_table(tiny_table[0], tiny_space, ACC_LAT)
     report = replay(table, "random", budgets=[5], seeds=[0])
     assert report.reference == pytest.approx(
-        default_reference(DEFAULT_OBJECTIVES, list(table.records.values())))
+        default_reference(ACC_LAT, list(table.records.values())))
 
 
 def test_table_without_objective_values(tmp_path, tiny_space):
@@ -122,46 +124,49 @@ def test_table_without_objective_values(tmp_path, tiny_space):
     path = _csv(tmp_path / "t.csv", tiny_space, [(a, "nan", 2.0), (b, 0.5, "")])
     with pytest.raises(ConfigError, match=r"none of its 2 rows has a value for every "
                                           r"objective \(accuracy, latency_ms\)"):
-        load_table(path, tiny_space, DEFAULT_OBJECTIVES)
+        load_table(path, tiny_space, ACC_LAT)
 
 
 def test_replay_once_counts_distinct_subnets(tiny_table, tiny_space):
-    table = load_table(tiny_table[0], tiny_space, DEFAULT_OBJECTIVES)
-    searcher = create_searcher("random", space=tiny_space, seed=3)
+    table = load_table(tiny_table[0], tiny_space, ACC_LAT)
+    searcher = create_searcher("random", objectives=ACC_LAT, space=tiny_space, seed=3)
     trace = replay_once(table, searcher, budget=40, batch_size=8)
     keys = [r["arch_key"] for r in trace.records]
     assert len(keys) == 40 == len(set(keys))
     # past the space's size: each subnet at most once, until the searcher runs dry (random
     # search may miss the last one or two within its repeat allowance)
-    trace = replay_once(table, create_searcher("random", space=tiny_space, seed=3),
+    trace = replay_once(table, create_searcher("random", objectives=ACC_LAT,
+                                               space=tiny_space, seed=3),
                         budget=500, batch_size=8)
     assert len({r["arch_key"] for r in trace.records}) == len(trace.records) >= 140
     assert trace.exhausted
 
 
 def test_full_budget_reaches_the_true_front(tiny_table, tiny_space):
-    table = load_table(tiny_table[0], tiny_space, DEFAULT_OBJECTIVES)
+    table = load_table(tiny_table[0], tiny_space, ACC_LAT)
     report = replay(table, "random", budgets=[10, 144], seeds=[0, 1])
     assert report.ratios[144] == [pytest.approx(1.0), pytest.approx(1.0)]
     assert all(r < 1.0 for r in report.ratios[10])
     # the ratio is the prefix's hypervolume over the table's own
-    truth = hypervolume(list(table.records.values()), DEFAULT_OBJECTIVES, report.reference)
+    truth = hypervolume(list(table.records.values()), ACC_LAT, report.reference)
     assert report.true_hypervolume == pytest.approx(truth)
 
 
 def test_missing_archs(tmp_path, tiny_space, tiny_table):
     _, records = tiny_table
     half = write_records(tmp_path / "half.parquet", records[::2], tiny_space)
-    table = load_table(half, tiny_space, DEFAULT_OBJECTIVES)
+    table = load_table(half, tiny_space, ACC_LAT)
     with pytest.raises(ConfigError, match="not in .*--missing skip"):
-        replay_once(table, create_searcher("random", space=tiny_space, seed=0), 30)
-    trace = replay_once(table, create_searcher("random", space=tiny_space, seed=0), 30,
+        replay_once(table, create_searcher("random", objectives=ACC_LAT,
+                                           space=tiny_space, seed=0), 30)
+    trace = replay_once(table, create_searcher("random", objectives=ACC_LAT,
+                                               space=tiny_space, seed=0), 30,
                         missing="skip")
     assert len(trace.records) == 30 and trace.skipped > 0  # skipped archs cost no budget
 
 
 def test_constraint_bounds_every_counted_point(tiny_table, tiny_space):
-    table = load_table(tiny_table[0], tiny_space, DEFAULT_OBJECTIVES)
+    table = load_table(tiny_table[0], tiny_space, ACC_LAT)
     limit = sorted(r["latency_ms"] for r in table.records.values())[40]
     c = parse_constraint(f"latency_ms<={limit}")
     report = replay(table, "random", [144], [0], constraints=[c])

@@ -9,13 +9,14 @@ import pytest
 from raynas.errors import ConfigError
 from raynas.search.registry import create_searcher, register_searcher, searcher_names
 from raynas.search.searchers import (
-    DEFAULT_OBJECTIVES,
     Constraint,
     Objective,
     OptunaSearcher,
     RandomSearcher,
 )
 from raynas.space import Arch, SearchSpace
+
+ACC_LAT = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
 
 SEARCHERS = ["optuna_nsga2", "optuna_tpe", "random", "nevergrad", "hat_evolution"]
 
@@ -30,6 +31,7 @@ def _objective(arch: Arch) -> dict[str, float]:
 
 
 def _make(name, space, **kw):
+    kw.setdefault("objectives", ACC_LAT)
     return create_searcher(name, space=space, population_size=8, **kw)
 
 
@@ -168,8 +170,11 @@ def test_float_dims_suggested(rng):
             searcher.tell(token, {"accuracy": rng.random(), "latency_ms": rng.random()})
 
 
-def test_default_objectives():
-    assert DEFAULT_OBJECTIVES == (Objective("accuracy", "max"), Objective("latency_ms", "min"))
+@pytest.mark.parametrize("name", SEARCHERS)
+def test_a_searcher_assumes_no_objectives(name, tiny_space):
+    # What to optimise comes from the job and its task, never from a searcher's default.
+    with pytest.raises(TypeError, match="objectives"):
+        create_searcher(name, space=tiny_space, seed=0)
 
 
 def test_a_searcher_registers_through_an_entry_point(tmp_path, monkeypatch, tiny_space):
@@ -191,5 +196,5 @@ def test_a_searcher_registers_through_an_entry_point(tmp_path, monkeypatch, tiny
     monkeypatch.setattr(SEARCHERS, "_items", dict(SEARCHERS._items))
     monkeypatch.delitem(sys.modules, "my_searcher", raising=False)
     assert "my_random" in searcher_names()
-    s = create_searcher("my_random", space=tiny_space, objectives=DEFAULT_OBJECTIVES, seed=1)
+    s = create_searcher("my_random", space=tiny_space, objectives=ACC_LAT, seed=1)
     assert isinstance(s, RandomSearcher) and tiny_space.contains(s.ask()[1])

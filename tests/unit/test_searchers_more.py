@@ -18,13 +18,16 @@ from raynas.errors import ConfigError
 from raynas.search.evolution import EvolutionSearcher, crowding_distance, rank
 from raynas.search.pareto import hypervolume
 from raynas.search.registry import create_searcher, searcher_names
-from raynas.search.searchers import DEFAULT_OBJECTIVES, Constraint, Objective
+from raynas.search.searchers import Constraint, Objective
 from raynas.space import Arch, PerLayer, SearchSpace
+
+ACC_LAT = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
 
 ACCURACY = (Objective("accuracy", "max"),)
 
 
 def _evo(space, **kw) -> EvolutionSearcher:
+    kw.setdefault("objectives", ACC_LAT)
     return create_searcher("hat_evolution", space=space, **kw)
 
 
@@ -67,10 +70,12 @@ def _genes(space: SearchSpace, arch: Arch) -> dict[str, object]:
 def test_unknown_option(name, allowed, tiny_space):
     assert name in searcher_names()
     with pytest.raises(ConfigError) as e:
-        create_searcher(name, space=tiny_space, population_size=8, mutation_rate=0.5)
+        create_searcher(name, objectives=ACC_LAT,
+                        space=tiny_space, population_size=8, mutation_rate=0.5)
     assert str(e.value) == (f"search.options.mutation_rate = 0.5: unknown option for searcher "
                             f"{name!r}; allowed: {allowed}")
-    create_searcher(name, space=tiny_space, population_size=8)  # the driver's call works
+    create_searcher(name, objectives=ACC_LAT,
+                    space=tiny_space, population_size=8)  # the driver's call works
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -89,18 +94,21 @@ def test_evolution_bad_option_values(option, value, message, tiny_space):
 
 def test_nevergrad_bad_option_values(tiny_space):
     with pytest.raises(ConfigError) as e:
-        create_searcher("nevergrad", space=tiny_space, optimizer="NoSuchOptimizer")
+        create_searcher("nevergrad", objectives=ACC_LAT,
+                        space=tiny_space, optimizer="NoSuchOptimizer")
     text = str(e.value)
     assert text.startswith("search.options.optimizer = 'NoSuchOptimizer': not a nevergrad")
     assert "DiscreteOnePlusOne" in text and "NGOpt" in text
     with pytest.raises(ConfigError, match="did you mean DiscreteOnePlusOne"):
-        create_searcher("nevergrad", space=tiny_space, optimizer="DiscreteOnePlusOn")
+        create_searcher("nevergrad", objectives=ACC_LAT,
+                        space=tiny_space, optimizer="DiscreteOnePlusOn")
     with pytest.raises(ConfigError, match=r"search\.options\.budget = 0: must be an integer"):
-        create_searcher("nevergrad", space=tiny_space, budget=0)
+        create_searcher("nevergrad", objectives=ACC_LAT, space=tiny_space, budget=0)
     with pytest.raises(ConfigError, match=r"search\.options\.reference = \[1\.0\]: must be a "
                                           r"list of 2 finite numbers"):
-        create_searcher("nevergrad", space=tiny_space, reference=[1.0])
-    create_searcher("nevergrad", space=tiny_space, budget=None, optimizer="NGOpt")
+        create_searcher("nevergrad", objectives=ACC_LAT, space=tiny_space, reference=[1.0])
+    create_searcher("nevergrad", objectives=ACC_LAT,
+                    space=tiny_space, budget=None, optimizer="NGOpt")
 
 
 def test_registry_import_stays_cheap():
@@ -258,7 +266,8 @@ def test_failures_are_dropped(tiny_space):
 @pytest.mark.parametrize("name", ["hat_evolution", "nevergrad"])
 def test_same_seed_same_sequence(name, tiny_space):
     def run(seed):
-        s = create_searcher(name, space=tiny_space, seed=seed, population_size=8)
+        s = create_searcher(name, objectives=ACC_LAT,
+                            space=tiny_space, seed=seed, population_size=8)
         return [a for a, _ in _drive(s, _objective, 24, batch=8)]
 
     a, b, c = run(3), run(3), run(4)
@@ -267,7 +276,7 @@ def test_same_seed_same_sequence(name, tiny_space):
 
 @pytest.mark.parametrize("name", ["hat_evolution", "nevergrad"])
 def test_cloudpickle_round_trip_mid_search(name, tiny_space):
-    s = create_searcher(name, space=tiny_space, seed=7, population_size=8,
+    s = create_searcher(name, objectives=ACC_LAT, space=tiny_space, seed=7, population_size=8,
                         constraints=(Constraint("latency_ms", 0.8),))
     _drive(s, _objective, 20, batch=8)
     out = [s.ask() for _ in range(5)]  # in flight while the driver checkpoints
@@ -309,7 +318,7 @@ def test_nevergrad_parametrization(tiny_space):
         "act": {"type": "choice", "values": ["relu", "gelu"]},
         "fixed": {"type": "choice", "values": [7]},
     }})
-    s = create_searcher("nevergrad", space=space, seed=0)
+    s = create_searcher("nevergrad", objectives=ACC_LAT, space=space, seed=0)
     params = s.optimizer.parametrization
     assert sorted(params.keys()) == ["act", "d", "drop", "k[0]", "k[1]", "k[2]", "lr"]
     assert isinstance(params["act"], ng.p.Choice) and isinstance(params["k[2]"], ng.p.Choice)
@@ -323,7 +332,7 @@ def test_nevergrad_parametrization(tiny_space):
 
 
 def test_nevergrad_tells_losses_and_skips_failures(tiny_space):
-    s = create_searcher("nevergrad", space=tiny_space, seed=0)
+    s = create_searcher("nevergrad", objectives=ACC_LAT, space=tiny_space, seed=0)
     assert s.reference is None  # no natural bound on latency: nevergrad's own
     told = _drive(s, _objective, 30, batch=5, fail=lambda i: i % 4 == 0)
     assert s.optimizer.num_tell == len(told) < 30  # failures are not told
@@ -340,7 +349,7 @@ def test_nevergrad_tells_losses_and_skips_failures(tiny_space):
 
 def test_nevergrad_constraint_sets_reference_and_start(digits_space):
     limit = 3.0
-    s = create_searcher("nevergrad", space=digits_space, seed=0,
+    s = create_searcher("nevergrad", objectives=ACC_LAT, space=digits_space, seed=0,
                         constraints=(Constraint("latency_ms", limit),))
     assert s.reference == [0.0, limit]
     token, arch = s.ask()
@@ -361,12 +370,13 @@ def test_nevergrad_single_objective_and_no_warnings(tiny_space):
         (arch, values), = s.pareto_front()
         feasible = [v["accuracy"] for _, v in told if v["latency_ms"] <= 0.8]
         assert values["accuracy"] == max(feasible)  # exact repeats do not win (see tell)
-        m = create_searcher("nevergrad", space=tiny_space, seed=0)
+        m = create_searcher("nevergrad", objectives=ACC_LAT, space=tiny_space, seed=0)
         _drive(m, _objective, 40, batch=8)
 
 
 def test_nevergrad_asks_past_a_one_shot_budget(tiny_space):
-    s = create_searcher("nevergrad", space=tiny_space, seed=0, optimizer="HammersleySearch",
+    s = create_searcher("nevergrad", objectives=ACC_LAT,
+                        space=tiny_space, seed=0, optimizer="HammersleySearch",
                         budget=4)
     told = _drive(s, _objective, 12, batch=3)
     assert len(told) == 12
@@ -394,9 +404,9 @@ def test_nevergrad_multiobjective_beats_random():
     space, objective = _pattern_problem()
 
     def hv(name, seed):
-        s = create_searcher(name, space=space, seed=seed, population_size=8)
+        s = create_searcher(name, objectives=ACC_LAT, space=space, seed=seed, population_size=8)
         records = [v for _, v in _drive(s, objective, 150, batch=8)]
-        return hypervolume(records, DEFAULT_OBJECTIVES, [0.0, 4.0])
+        return hypervolume(records, ACC_LAT, [0.0, 4.0])
 
     ng_hv = statistics.median(hv("nevergrad", seed) for seed in range(3))
     rnd_hv = statistics.median(hv("random", seed) for seed in range(3))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ray.tune.search import Searcher
 
-from raynas.search.searchers import AskTellSearcher
+from raynas.search.searchers import AskTellSearcher, Objective
 from raynas.search.tune_driver import BatchSearcher
 from raynas.space import Arch
 from raynas.space.registry import load_space
@@ -14,7 +14,7 @@ class Scripted(AskTellSearcher):
     """Proposes archs from a fixed list, in order, cycling; records every tell."""
 
     def __init__(self, space, archs):
-        super().__init__(space)
+        super().__init__(space, (Objective("accuracy", "max"),))
         self.archs, self.i, self.told = archs, 0, []
 
     def ask(self):
