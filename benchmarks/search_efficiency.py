@@ -22,14 +22,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import fmt, machine_info, summarize, write_json
+from _common import OBJECTIVES, fmt, machine_info, summarize, write_json
 from _truth import TRUTH, load_truth
 
 from raynas.search.replay import load_table, replay
-from raynas.search.searchers import Objective
 from raynas.space.registry import load_space
-
-OBJECTIVES = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
 
 NAME = "search_efficiency"
 BUDGETS = [50, 100, 200, 300, 500]

@@ -34,18 +34,16 @@ from pathlib import Path
 
 import torch
 import yaml
-from _common import ROOT, fmt, machine_info, summarize, write_json
+from _common import OBJECTIVES, ROOT, fmt, machine_info, summarize, write_json
 
 from raynas.checkpoint import save_checkpoint
 from raynas.config import build_config
 from raynas.evaluation.actor import create_evaluator_actor, evaluator_args, stop_evaluator_actor
 from raynas.evaluation.evaluator import Evaluator
 from raynas.runtime import ray_session
-from raynas.search.searchers import AskTellSearcher, Objective
+from raynas.search.searchers import AskTellSearcher
 from raynas.space import SearchSpace
 from raynas.supernets import create_supernet
-
-OBJECTIVES = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
 
 NAME = "search_throughput"
 GOAL = 0.8

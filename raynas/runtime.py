@@ -157,7 +157,7 @@ def _cluster_line() -> str:
             f"({describe_resources(ray.available_resources())} free)")
 
 
-class PlacementWatch(threading.Thread):
+class _Watch(threading.Thread):
     """Reports this job's pending placement groups every few seconds; past the timeout it
     sets ``timed_out`` (the error message) and interrupts the main thread, which
     ``placement_watch`` turns into a ResourceError."""
@@ -206,7 +206,7 @@ class PlacementWatch(threading.Thread):
                 last_report = now
 
 
-_WATCHES: list[PlacementWatch] = []  # the active ones, innermost last
+_WATCHES: list[_Watch] = []  # the active ones, innermost last
 
 
 def placement_timed_out() -> str | None:
@@ -218,11 +218,11 @@ def placement_timed_out() -> str | None:
 @contextlib.contextmanager
 def placement_watch(what: str | None = None, timeout_s: float | None = None,
                     every_s: float = REPORT_EVERY_S,
-                    say: Callable[[str], None] | None = None) -> Iterator[PlacementWatch]:
+                    say: Callable[[str], None] | None = None) -> Iterator[None]:
     """While the block runs (in the main thread), report this job's placement groups that
     wait to be placed every ``every_s`` seconds, and stop the block with ``ResourceError``
     once one has waited ``timeout_s`` (None: wait for ever). Ray must be initialised."""
-    watch = PlacementWatch(what, timeout_s, every_s, say or _say)
+    watch = _Watch(what, timeout_s, every_s, say or _say)
     # Ctrl-C and the timeout both arrive as KeyboardInterrupt, by Python's own handler: not a
     # handler left behind by Ray Train (it waits for a controller that may be gone) or Ray
     # Tune (it ends the search quietly, as if it had finished).
@@ -233,7 +233,7 @@ def placement_watch(what: str | None = None, timeout_s: float | None = None,
     watch.start()
     _WATCHES.append(watch)
     try:
-        yield watch
+        yield
     except KeyboardInterrupt:
         if watch.timed_out:
             raise ResourceError(watch.timed_out) from None

@@ -42,15 +42,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """``raynas replay``: rerun searchers against a table of evaluated subnets."""
     import yaml
 
+    from raynas.pipeline.job import default_objectives
     from raynas.search.replay import load_table, parse_constraint, parse_objective, replay
     from raynas.space.registry import load_space
     from raynas.tasks import default_task
 
     space = load_space(args.space)
-    primary = default_task(space).primary  # the space's task says what its metric is
-    objectives = [parse_objective(o) for o in (args.objective or
-                                               [f"{primary.name}:{primary.goal}",
-                                                "latency_ms:min"])]
+    objectives = ([parse_objective(o) for o in args.objective] if args.objective
+                  else list(default_objectives(default_task(space))))
     constraints = [parse_constraint(c) for c in args.constraint]
     budgets = [int(b) for b in _float_list(args.budget, "--budget")]
     reference = _float_list(args.reference, "--reference") if args.reference else None

@@ -204,8 +204,8 @@ class Job:
         """
         t0 = time.perf_counter()
         state = self.load_state() if resume else {}
-        if not state.get("train", {}).get("status") == "finished":
-            check_train_inputs(self)
+        if state.get("train", {}).get("status") != "finished":
+            check_train_inputs(self)  # a wrong train.resume_from: before any run or file
         if not resume and self.state_path.is_file():
             self.state_path.unlink()  # a fresh job in this directory
         with contextlib.ExitStack() as ray_up:
@@ -222,7 +222,7 @@ class Job:
                     checkpoint, train_id = Path(train["checkpoint"]), train["run_id"]
                     say(f"train: finished before, reusing {checkpoint}")
                 else:
-                    checkpoint, train_id = self.train(parent, resume=train or None)
+                    checkpoint, train_id = train_stage(self, parent, resume=train or None)
                 if search.get("status") == "finished":
                     summary = finished_search(self, search["run_id"])
                     say(f"search: finished before, {len(summary.records)} subnets")
@@ -241,6 +241,7 @@ class Job:
     def train(self, parent_id: str | None = None,
               resume: dict[str, Any] | None = None) -> tuple[Path, str | None]:
         """Train the supernet; see :func:`raynas.pipeline.train.train_stage`."""
+        check_train_inputs(self)  # a wrong train.resume_from: before any run or file
         return train_stage(self, parent_id, resume)
 
     def search(self, checkpoint: str | Path, parent_id: str | None = None,
@@ -265,12 +266,17 @@ class Job:
 SUBNET_FIELDS = {"latency_ms": "min", "flops": "min", "params": "min"}
 
 
+def default_objectives(task: Task) -> tuple[Objective, ...]:
+    """What a search optimises unless the job says: the task's primary metric and latency."""
+    return (Objective(task.primary.name, task.primary.goal), Objective("latency_ms", "min"))
+
+
 def search_objectives(cfg: JobConfig, task: Task) -> tuple[Objective, ...]:
     """``search.objectives`` checked against what a record holds (the task's metrics and
     the subnet's latency, FLOPs and parameters); default: the task's primary metric and
     latency."""
     if cfg.search.objectives is None:
-        return (Objective(task.primary.name, task.primary.goal), Objective("latency_ms", "min"))
+        return default_objectives(task)
     known = {m.name: m.goal for m in task.metrics} | SUBNET_FIELDS
     out = []
     for i, o in enumerate(cfg.search.objectives):

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 
 def check_train_inputs(job: Job) -> None:
-    """Fail on a wrong ``train.resume_from`` before any run, file or Ray worker exists."""
+    """Fail on a wrong ``train.resume_from`` before any run, file or Ray worker exists
+    (``Job.train`` and ``Job.run`` call it first, then ``train_stage``)."""
     if job.cfg.train.resume_from:
         load_checkpoint(resolve_path(job.cfg, job.cfg.train.resume_from), expected=job.space)
 
@@ -35,7 +36,6 @@ def train_stage(job: Job, parent_id: str | None = None,
     cfg, space = job.cfg, job.space
     resume = resume or {}
     t = cfg.train
-    check_train_inputs(job)
     with job.stage_run("train", parent_id, resume.get("run_id")) as run_id:
         if parent_id is None:
             job.log_config()
