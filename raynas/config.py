@@ -40,9 +40,10 @@ ComponentField = Annotated[Component, BeforeValidator(_component)]
 
 
 class DataConfig(_Section):
-    name: str = Field("digits", description="a dataset of the job's task: digits, parquet, "
-                      "image_folder (classification); generated_tagging, parquet_tagging "
-                      "(tagging); or a user's, registered under raynas.datasets")
+    name: str = Field("digits", description="a dataset of the job's task: digits, "
+                      "cluttered_digits, parquet, image_folder (classification); "
+                      "generated_tagging, parquet_tagging (tagging); or a user's, registered "
+                      "under raynas.datasets")
     path: str | None = Field(None, description="file or folder of datasets that read one")
     options: dict[str, Any] = Field(default_factory=dict, description="the dataset's own "
                                     "settings, e.g. {label_column: target} for parquet")

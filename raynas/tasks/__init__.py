@@ -2,7 +2,8 @@
 
 ``TASKS``: ``classification`` (images -> class), ``tagging`` (token sequences with lengths ->
 one class per token). ``DATASETS``: each loads the train / validation / test splits of one
-task (``digits``, ``parquet``, ``image_folder``, ``generated_tagging``, ``parquet_tagging``).
+task (``digits``, ``cluttered_digits``, ``parquet``, ``image_folder``, ``generated_tagging``,
+``parquet_tagging``).
 A family says which tasks it accepts (``Family.tasks``); a job may name one
 (``task: {name, options}``), else the family's first.
 """
@@ -29,7 +30,7 @@ from raynas.tasks.base import (
 
 
 def _builtin() -> None:
-    from raynas.tasks import classification, tagging  # noqa: F401
+    from raynas.tasks import classification, cluttered, tagging  # noqa: F401
 
 
 TASKS: Registry[type[Task]] = Registry("task", "task.name", _builtin, group="raynas.tasks")

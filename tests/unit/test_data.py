@@ -206,7 +206,8 @@ def test_labels_beyond_the_models_classes(tmp_path):
 
 def test_dataset_of_another_task():
     with pytest.raises(ConfigError, match="data.name = 'generated_tagging': a dataset of task "
-                                          "'tagging'; task 'classification' takes digits"):
+                                          "'tagging'; task 'classification' takes "
+                                          "cluttered_digits, digits"):
         load_data(DataConfig(name="generated_tagging"), (1, 8, 8))
 
 
