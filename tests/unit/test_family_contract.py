@@ -87,7 +87,9 @@ def test_flops_and_params_match_the_static_model(family_setup):
         assert params == sum(active[k].numel() for k, _ in static.named_parameters()), name
         sizes.append((name, flops, params))
     by = {n: (f, p) for n, f, p in sizes}
-    assert by["largest"][0] > by["smallest"][0] and by["largest"][1] > by["smallest"][1]
+    # More compute, never fewer weights (a space may move compute without adding weights:
+    # resnet20_pool's layouts all hold the same parameters).
+    assert by["largest"][0] > by["smallest"][0] and by["largest"][1] >= by["smallest"][1]
 
 
 def test_exports_match_the_supernet(family_setup, tmp_path):
