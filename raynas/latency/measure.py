@@ -34,8 +34,13 @@ def _args(example: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tenso
 
 def count_flops(model: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
     """FLOPs of one forward pass on ``example`` (one input tensor, or the model's inputs):
-    2 per multiply-accumulate of every conv and linear layer, as torch's
-    ``FlopCounterMode`` counts them (norms, activations, adds and lookups are not counted).
+    2 per multiply-accumulate of every conv and linear layer, plus the activation-by-activation
+    matmuls of modules that declare them, as torch's ``FlopCounterMode`` counts them (norms,
+    activations, softmax, pooling, adds and lookups are not counted).
+
+    The matmul protocol: a module with a method ``matmul_flops(inputs, output) -> int`` (its
+    forward's inputs tuple and output) adds what that returns, e.g. attention's q·kᵀ and
+    attn·v (``raynas.nn.SelfAttention``); its own conv/linear submodules are counted as usual.
 
     Counted with forward hooks: ``FlopCounterMode`` gives the same numbers (a unit test
     checks it) but its first use imports ``torch._dynamo``, about 2 s in every new evaluator.
@@ -53,9 +58,17 @@ def count_flops(model: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ..
         nonlocal total
         total += 2 * out.numel() * m.in_features
 
+    def matmuls(m: nn.Module, inputs, out) -> None:
+        nonlocal total
+        total += int(m.matmul_flops(inputs, out))
+
     convs = (nn.Conv1d, nn.Conv2d)
-    handles = [m.register_forward_hook(conv if isinstance(m, convs) else linear)
-               for m in model.modules() if isinstance(m, (*convs, nn.Linear))]
+    handles = []
+    for m in model.modules():
+        if isinstance(m, (*convs, nn.Linear)):
+            handles.append(m.register_forward_hook(conv if isinstance(m, convs) else linear))
+        if callable(getattr(m, "matmul_flops", None)):
+            handles.append(m.register_forward_hook(matmuls))
     try:
         with torch.no_grad():
             model(*_args(example))

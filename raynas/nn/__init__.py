@@ -1,23 +1,63 @@
-"""Elastic building blocks shared by every supernet family."""
+"""Elastic building blocks shared by every supernet family, each with its static twin.
+
+``elastic``: linear, conv, depthwise conv, embedding, batch norm; ``attention``: layer norm,
+multi-head self-attention, MLP, the pre-norm transformer block, position embeddings;
+``mbconv``: inverted residual blocks with squeeze-excite; ``activations``: by name.
+"""
 
 from __future__ import annotations
 
+from raynas.nn.activations import ACTIVATIONS
+from raynas.nn.attention import (
+    MLP,
+    ElasticFusedLinear,
+    ElasticLayerNorm,
+    ElasticMLP,
+    ElasticPositionEmbedding,
+    ElasticRelativePositionBias,
+    ElasticSelfAttention,
+    ElasticTransformerBlock,
+    PositionEmbedding,
+    RelativePositionBias,
+    SelfAttention,
+    TransformerBlock,
+)
 from raynas.nn.elastic import (
     ElasticBatchNorm2d,
     ElasticConv1d,
     ElasticConv2d,
+    ElasticDepthwiseConv2d,
     ElasticEmbedding,
     ElasticLinear,
     ElasticModule,
     recalibrate_batchnorm,
 )
+from raynas.nn.mbconv import ElasticMBConv, ElasticSqueezeExcite, MBConv, SqueezeExcite
 
 __all__ = [
+    "ACTIVATIONS",
+    "MLP",
     "ElasticBatchNorm2d",
     "ElasticConv1d",
     "ElasticConv2d",
+    "ElasticDepthwiseConv2d",
     "ElasticEmbedding",
+    "ElasticFusedLinear",
+    "ElasticLayerNorm",
     "ElasticLinear",
+    "ElasticMBConv",
+    "ElasticMLP",
     "ElasticModule",
+    "ElasticPositionEmbedding",
+    "ElasticRelativePositionBias",
+    "ElasticSelfAttention",
+    "ElasticSqueezeExcite",
+    "ElasticTransformerBlock",
+    "MBConv",
+    "PositionEmbedding",
+    "RelativePositionBias",
+    "SelfAttention",
+    "SqueezeExcite",
+    "TransformerBlock",
     "recalibrate_batchnorm",
 ]

@@ -71,6 +71,38 @@ class ElasticConv2d(ElasticModule):
                 f"max_kernel={self.max_kernel}, stride={self.stride}")
 
 
+class ElasticDepthwiseConv2d(ElasticModule):
+    """Depthwise Conv2d (one filter per channel) with elastic channels and (odd) kernel size.
+
+    Static counterpart: ``nn.Conv2d(c, c, k, stride, k // 2, groups=c, bias=False)``.
+    """
+
+    def __init__(self, max_channels: int, max_kernel: int, stride: int = 1):
+        super().__init__()
+        if max_kernel % 2 != 1:
+            raise ValueError(f"kernel sizes must be odd, got {max_kernel}")
+        self.max_channels, self.max_kernel, self.stride = max_channels, max_kernel, stride
+        self.weight = nn.Parameter(torch.empty(max_channels, 1, max_kernel, max_kernel))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.active_channels, self.active_kernel = max_channels, max_kernel
+
+    def configure(self, channels: int, kernel: int) -> None:
+        self.active_channels, self.active_kernel = channels, kernel
+
+    def active_weight(self) -> torch.Tensor:
+        w = self.weight
+        if self.active_channels != self.max_channels:
+            w = w[: self.active_channels]
+        return _centre_crop(w, self.active_kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.active_weight(), None, self.stride, self.active_kernel // 2, 1,
+                        self.active_channels)
+
+    def active_state(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.active_weight()}
+
+
 class ElasticConv1d(ElasticModule):
     """Conv1d over time with elastic input and output channels and (odd) kernel size, and a
     bias. Padding is ``k // 2`` so every kernel size keeps the sequence length."""
