@@ -12,7 +12,10 @@ one GPU), ``search.evaluator.num_gpus=1`` (the evaluator actor holds the GPU) an
 - every searched subnet was scored on CUDA (``eval_device``) with a latency on the CUDA
   target, and the exported formats match the supernet;
 - a subnet timed directly on CUDA (synchronised) and on the CPU gives finite, positive
-  times; the ratio is printed, not judged.
+  times; the ratio is printed, not judged;
+- each vision family's tiny supernet (``resnet20_pool_tiny``, ``vit_tiny``) trains a step on
+  CUDA at its largest and smallest arch, and the extracted subnet computes on CUDA what the
+  supernet computes (``vision_family_on``, which also runs on the CPU).
 
 The last line is a one-line verdict; ``benchmarks/results/gpu_smoke.json`` keeps the details.
 """
@@ -33,6 +36,35 @@ from _common import ROOT, machine_info, write_json
 def _check(ok: bool, what: str, checks: list) -> None:
     checks.append({"check": what, "ok": bool(ok)})
     print(f"[{'ok' if ok else 'FAILED'}] {what}", flush=True)
+
+
+def vision_family_on(space_name: str, device: str) -> float:
+    """One SGD step of the space's supernet on ``device`` at its largest and smallest arch,
+    then the largest extracted subnet vs the supernet there: the max abs output difference."""
+    import torch
+    import torch.nn.functional as F
+
+    from raynas.export import extract
+    from raynas.space import SearchSpace
+    from raynas.supernets import create_supernet
+    from raynas.tasks import example_args
+
+    space = SearchSpace.load(ROOT / "search_spaces" / f"{space_name}.yaml")
+    torch.manual_seed(0)
+    net = create_supernet(space).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    (x,) = (t.to(device) for t in example_args(space, 16))
+    y = torch.randint(0, space.model["num_classes"], (16,), device=device)
+    net.train()
+    for arch in (space.largest(), space.smallest()):
+        net.set_arch(arch)
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    net.eval()
+    static = extract(net, space, space.largest()).to(device)
+    with torch.no_grad():
+        return float((static(x) - net(x)).abs().max())
 
 
 def main() -> int:
@@ -95,6 +127,11 @@ def main() -> int:
     _check(0 < cuda < 1e4 and 0 < cpu < 1e4,
            f"largest digits_cnn subnet, batch 32: {cuda:.3f} ms on CUDA (synchronised), "
            f"{cpu:.3f} ms on 1 CPU thread, ratio cpu/cuda {cpu / cuda:.1f}", checks)
+    for name in ("resnet20_pool_tiny", "vit_tiny"):
+        diff = vision_family_on(name, "cuda")
+        _check(diff < 1e-4, f"{name}: a training step on CUDA at the largest and smallest "
+               f"arch; extracted subnet matches the supernet on CUDA (max |diff| {diff:.1e})",
+               checks)
     wall = time.perf_counter() - t0
     passed = all(c["ok"] for c in checks)
     write_json("gpu_smoke", {"machine": machine_info(1), "gpu": torch.cuda.get_device_name(0),

@@ -1,0 +1,145 @@
+"""The tiny vision jobs end to end: wall time, and how far apart their subnets score.
+
+For each job (``jobs/resnet20_pool_tiny.yaml``, ``jobs/vit_tiny.yaml``) and seed k, from a
+fresh temporary directory:
+
+    MLFLOW_TRACKING_URI=sqlite:///<tmp>/mlruns.db \\
+        raynas run jobs/<job>.yaml --output-dir <tmp>/out seed=<k>
+
+timed around the subprocess (wall time; goal < 300 s: "a few minutes"). Then the trained
+checkpoint is loaded into raynas' ``Evaluator`` (the search's own scoring: BN recalibrated per
+subnet) and the space's smallest and largest subnet are scored on the test split, which the
+search never optimises. The figure is the spread: test accuracy of the largest minus the
+smallest (goal >= 0.10: 10 accuracy points, enough for a search's ranking to mean something).
+Also reported: every subnet the search scored (``evaluations.parquet``): the range of their
+test accuracies.
+
+Figures are median [min-max] over the seeds, never the best seed.
+
+    python benchmarks/vision_spread.py [--jobs resnet20_pool_tiny vit_tiny] [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import ROOT, machine_info, summarize, write_json
+
+NAME = "vision_spread"
+JOBS = ("resnet20_pool_tiny", "vit_tiny")
+WALL_GOAL_S = 300.0
+SPREAD_GOAL = 0.10
+
+
+def _raynas_exe() -> list[str]:
+    exe = Path(sys.executable).parent / "raynas"
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "raynas"]
+
+
+def score_extremes(out: Path) -> dict:
+    """Test accuracy of the space's smallest and largest subnet, from the job's checkpoint."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from raynas.evaluation.evaluator import Evaluator
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    evaluator = Evaluator(str(out / "checkpoint"), cfg["data"], cfg["latency"],
+                          cfg["search"].get("evaluator"), task=cfg.get("task"),
+                          seed=cfg.get("seed", 0))
+    space = evaluator.space
+    small, large = evaluator.evaluate([space.smallest(), space.largest()])
+    scored = pq.read_table(out / "evaluations.parquet").to_pylist()
+    tests = [float(r["test_accuracy"]) for r in scored]
+    return {"smallest_test_accuracy": small["test_accuracy"],
+            "largest_test_accuracy": large["test_accuracy"],
+            "spread": large["test_accuracy"] - small["test_accuracy"],
+            "smallest_flops": small["flops"], "largest_flops": large["flops"],
+            "searched": len(scored), "searched_test_min": min(tests),
+            "searched_test_max": max(tests)}
+
+
+def run_once(job: str, seed: int, timeout_s: float) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix=f"raynas-{job}-s{seed}-"))
+    out = tmp / "out"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlruns.db"}
+    cmd = [*_raynas_exe(), "run", str(ROOT / "jobs" / f"{job}.yaml"), "--output-dir",
+           str(out), f"seed={seed}"]
+    log = tmp / "run.log"
+    with log.open("w") as fh:
+        t0 = time.perf_counter()
+        try:
+            rc = subprocess.run(cmd, cwd=tmp, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+        wall = time.perf_counter() - t0
+    result = {"job": job, "seed": seed, "rc": rc, "wall_s": wall,
+              "loadavg": list(os.getloadavg())}
+    if rc != 0:
+        result["log_tail"] = log.read_text()[-3000:]
+        print(f"{job} seed {seed}: exited {rc}; log tail:\n{result['log_tail']}",
+              file=sys.stderr)
+        return result
+    result.update(score_extremes(out))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", nargs="+", default=list(JOBS), choices=JOBS)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 (default 3)")
+    ap.add_argument("--timeout", type=float, default=900, help="per-run limit in seconds")
+    args = ap.parse_args()
+    runs, verdicts = [], {}
+    for job in args.jobs:
+        for seed in range(args.seeds):
+            r = run_once(job, seed, args.timeout)
+            runs.append(r)
+            if r["rc"] == 0:
+                print(f"{job} seed {seed}: wall {r['wall_s']:.1f} s; test accuracy smallest "
+                      f"{r['smallest_test_accuracy']:.3f} largest "
+                      f"{r['largest_test_accuracy']:.3f} (spread {r['spread']:+.3f}); "
+                      f"{r['searched']} searched subnets {r['searched_test_min']:.3f}-"
+                      f"{r['searched_test_max']:.3f}", flush=True)
+        ok = [r for r in runs if r["job"] == job and r["rc"] == 0]
+        if not ok:
+            verdicts[job] = {"failed": True}
+            continue
+        spread, wall = (summarize([r[k] for r in ok]) for k in ("spread", "wall_s"))
+        verdicts[job] = {
+            "spread": spread, "spread_goal": f">= {SPREAD_GOAL}",
+            "spread_met": spread["median"] >= SPREAD_GOAL,
+            "wall_s": wall, "wall_goal": f"< {WALL_GOAL_S}",
+            "wall_met": wall["median"] < WALL_GOAL_S,
+            "smallest": summarize([r["smallest_test_accuracy"] for r in ok]),
+            "largest": summarize([r["largest_test_accuracy"] for r in ok]),
+        }
+    name = NAME if list(args.jobs) == list(JOBS) else "_".join([NAME, *args.jobs])
+    path = write_json(name, {"machine": machine_info(), "seeds": args.seeds, "runs": runs,
+                             "summary": verdicts})
+    print(f"wrote {path}")
+    for job, v in verdicts.items():
+        if v.get("failed"):
+            print(f"{job}: all runs FAILED")
+            continue
+        s, w = v["spread"], v["wall_s"]
+        print(f"{job} (seeds={args.seeds}; median [min-max]): test accuracy smallest "
+              f"{v['smallest']['median']:.3f}, largest {v['largest']['median']:.3f}; spread "
+              f"{s['median']:+.3f} [{s['min']:+.3f}-{s['max']:+.3f}] (goal >= "
+              f"{SPREAD_GOAL}: {'met' if v['spread_met'] else 'MISSED'}); wall "
+              f"{w['median']:.1f} s [{w['min']:.1f}-{w['max']:.1f}] (goal < {WALL_GOAL_S:.0f} "
+              f"s: {'met' if v['wall_met'] else 'MISSED'})")
+    return 0 if all(not v.get("failed") for v in verdicts.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
