@@ -112,16 +112,20 @@ def cmd_spaces_list(args: argparse.Namespace) -> int:
     if not paths:
         print(f"no search spaces found in {spaces_dir()}")
         return 0
-    print(f"{'NAME':<20} {'FAMILY':<10} {'SUBNETS':>12}  FILE")
+    rows = []
     for path in paths:
         try:
             space = SearchSpace.load(path)
         except RaynasError as exc:
-            print(f"{path.stem:<20} {'?':<10} {'invalid':>12}  {path}  ({exc})")
+            rows.append((path.stem, "?", "invalid", f"{path}  ({exc})"))
             continue
         size = space.size()
-        print(f"{space.name:<20} {space.family:<10} "
-              f"{(f'{size:,}' if size else 'infinite'):>12}  {path}")
+        rows.append((space.name, space.family, f"{size:,}" if size else "infinite", str(path)))
+    # Columns as wide as their longest entry: family names and subnet counts vary a lot.
+    rows.insert(0, ("NAME", "FAMILY", "SUBNETS", "FILE"))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    for name, family, size, file in rows:
+        print(f"{name:<{w[0]}}  {family:<{w[1]}}  {size:>{w[2]}}  {file}")
     return 0
 
 

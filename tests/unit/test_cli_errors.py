@@ -332,6 +332,9 @@ def test_spaces_list(cli):
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert "74,088" in lines["digits_cnn"] and "cnn" in lines["digits_cnn"]
     assert "144" in lines["tiny_cnn"]
+    # Columns line up however long a family name or a subnet count is.
+    files = {line.index("/") for line in out.splitlines()[1:]}
+    assert len(files) == 1 and "9,081,213,419,520,000" in lines["vit_elasticvit"]
 
 
 def test_a_reader_that_goes_away_ends_the_listing_quietly():
