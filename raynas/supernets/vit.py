@@ -62,7 +62,7 @@ from raynas.nn import (
     TransformerBlock,
 )
 from raynas.space import Arch, SearchSpace
-from raynas.supernets import Family, register_family
+from raynas.supernets import Family, _vit_ops, register_family
 from raynas.supernets._vit_plan import (
     Plan,
     Settings,
@@ -337,4 +337,5 @@ register_family(Family(
     static=StaticViT,
     tasks=("classification",),
     dims=dim_names,
+    ops=_vit_ops.ops,
 ))

@@ -200,3 +200,24 @@ def test_hand_vit_computes_what_the_extracted_subnet_computes(randomise_bn_stats
     x = example_args(space, 8)
     with torch.no_grad():
         assert torch.allclose(hand(*x), static(*x), atol=1e-5)
+
+
+# ---- per-op latency lookup tables ----------------------------------------------------------------
+@pytest.mark.parametrize("which", ["tiny", "mini"])
+def test_lookup_table_ops_add_up_to_the_subnet(which):
+    """The ops of an arch are the subnet, FLOPs for FLOPs (attention's matmuls included), and
+    a key always names the same computation on the same input shape."""
+    from raynas.supernets import subnet_ops
+
+    space = (SearchSpace.load(SPACES / "vit_tiny.yaml") if which == "tiny"
+             else SearchSpace.from_dict(MINI))
+    x = example_args(space, 1)
+    seen = {}
+    for arch in _archs(space):
+        ops = subnet_ops(space, arch)
+        total = sum(count_flops(op.build().eval(), torch.randn(1, *op.input_shape))
+                    for op in ops)
+        assert total == count_flops(build_static(space, arch).eval(), x)
+        for op in ops:
+            sig = (op.input_shape, str(op.build()))
+            assert seen.setdefault(op.key, sig) == sig, op.key
