@@ -148,6 +148,34 @@ def test_submitted_job_spreads_training_measures_on_the_target_and_tracks_to_the
     assert {"subnet/model.onnx", "subnet/arch.json"} <= exported
 
 
+def test_a_vision_family_job_is_submitted_and_trains_across_nodes(
+        cluster, mlflow_server, client, tmp_path):
+    """The vit family (attention, MBConv) on cluttered digits, as `ray job submit` runs it:
+    a short version of jobs/vit_tiny.yaml, trained across both nodes."""
+    env = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
+    env["env_vars"]["MLFLOW_TRACKING_URI"] = mlflow_server.uri
+    runtime_env = tmp_path / "runtime_env.yaml"
+    runtime_env.write_text(yaml.safe_dump(env))
+    proc = cluster.run(
+        ["ray", "job", "submit", "--address", cluster.dashboard, "--working-dir", str(ROOT),
+         "--runtime-env", str(runtime_env), "--",
+         "python", "-m", "raynas", "run", "jobs/vit_tiny.yaml", "train.epochs=1",
+         "data.options.copies=1", "search.budget=8", "search.subnets_per_trial=8",
+         "search.population_size=8", "train.placement_strategy=SPREAD", "--output-dir",
+         str(tmp_path / "vit-out")], timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "succeeded" in log, log[-6000:]
+    (parent,) = _runs(client, "vit_tiny", "vit_tiny")
+    stages = {r.data.tags["raynas.stage"]: r for r in _runs(client, "vit_tiny")
+              if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(stages) == {"train", "search", "export"}
+    assert all(r.info.status == "FINISHED" for r in stages.values())
+    assert set(stages["train"].data.tags["raynas.train_nodes"].split(",")) == set(
+        cluster.node_ids.values())
+    assert stages["search"].data.metrics["evaluated"] == 8
+    assert stages["export"].data.metrics["max_abs_diff_onnx"] < 1e-4
+
+
 def test_the_cluster_keeps_token_auth_and_loopback_binding(cluster, mlflow_server):
     import urllib.error
     import urllib.request
