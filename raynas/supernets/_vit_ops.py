@@ -13,17 +13,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from raynas.nn import ACTIVATIONS, MBConv, TransformerBlock
 from raynas.space import Arch
 from raynas.supernets import Op
 from raynas.supernets._vit_plan import ConvLayer, Settings, TStage, parse_settings, plan
+from raynas.supernets.vit import (
+    ConvBN,
+    LinearHead,
+    MBv3Head,
+    _attention_options,
+    _head,
+    stage_entry,
+)
 
 
 class _Stem(nn.Module):
     def __init__(self, s: Settings, width: int):
         super().__init__()
-        from raynas.nn import ACTIVATIONS
-        from raynas.supernets.vit import ConvBN
-
         self.conv, self.act = ConvBN(s.in_channels, width, s.stem_stride), ACTIVATIONS[s.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -31,8 +37,6 @@ class _Stem(nn.Module):
 
 
 def _mbconv(s: Settings, c: ConvLayer) -> nn.Module:
-    from raynas.nn import MBConv
-
     return MBConv(c.cin, c.cout, c.expand, c.kernel, c.stride, c.se, s.activation, c.in_size)
 
 
@@ -42,11 +46,7 @@ class _Entry(nn.Module):
 
     def __init__(self, s: Settings, t: TStage, tokens_in: bool):
         super().__init__()
-        from raynas.supernets.vit import TransformerStage
-
-        stage = TransformerStage(s, TStage(t.cin, t.embed, t.stride, t.in_size, t.grid, (), (),
-                                           ()))
-        self.entry, self.pos = stage.entry, stage.pos
+        self.entry, self.pos = stage_entry(s, t)
         self.in_size, self.tokens_in = t.in_size, tokens_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,9 +57,6 @@ class _Entry(nn.Module):
 
 
 def _block(s: Settings, t: TStage, j: int) -> nn.Module:
-    from raynas.nn import TransformerBlock
-    from raynas.supernets.vit import _attention_options
-
     return TransformerBlock(t.embed, t.heads[j], s.head_dim, t.hidden[j], s.activation,
                             v_scale=t.v_scale[j], **_attention_options(s, t.grid))
 
@@ -67,16 +64,11 @@ def _block(s: Settings, t: TStage, j: int) -> nn.Module:
 class _Head(nn.Module):
     def __init__(self, s: Settings, width: int):
         super().__init__()
-        from raynas.nn import ACTIVATIONS
-        from raynas.supernets.vit import LinearHead, MBv3Head
-
         self.head = (LinearHead(width, s.num_classes) if s.head == "linear"
                      else MBv3Head(s, width))
         self.act = ACTIVATIONS[s.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from raynas.supernets.vit import _head
-
         return _head(self.head, x, self.act)
 
 

@@ -67,12 +67,13 @@ def _forward(stem: nn.Module, stages: nn.ModuleList, head: nn.Module, depths, x)
 
 
 class ConvBNReLU(nn.Module):
-    """Static conv (no bias) + BatchNorm + ReLU; padding keeps the spatial size."""
+    """Static conv (no bias) + BatchNorm + ReLU; padding keeps the spatial size.
+    ``affine=False``: BN without scale and shift (resnet20_pool's paper setting)."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, affine: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
+        self.bn = nn.BatchNorm2d(cout, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.conv(x)))
@@ -170,7 +171,9 @@ class _Residual(nn.Module):
         return x + self.inner(x)
 
 
-class _PoolLinear(nn.Module):
+class PoolLinear(nn.Module):
+    """Global average pooling, then a linear classifier (a lookup-table head op)."""
+
     def __init__(self, cin: int, classes: int):
         super().__init__()
         self.fc = nn.Linear(cin, classes)
@@ -204,7 +207,7 @@ def _ops(model: dict[str, Any], arch: Arch) -> list[Op]:
         cin = width
     classes = model["num_classes"]
     ops.append(Op(f"cnn.head(c{cin}>{classes})@{size}",
-                  functools.partial(_PoolLinear, cin, classes), (cin, size, size)))
+                  functools.partial(PoolLinear, cin, classes), (cin, size, size)))
     return ops
 
 

@@ -37,6 +37,7 @@ from torch import nn
 from raynas.errors import ConfigError
 from raynas.space import Arch, Choice, SearchSpace
 from raynas.supernets import Family, Op, register_family
+from raynas.supernets.cnn import ConvBNReLU, PoolLinear
 
 MODES = ("pool", "stride")
 _MODEL_KEYS = ("in_channels", "num_classes", "image_size", "channels")
@@ -113,16 +114,6 @@ def _bn(channels: int, affine: bool) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, affine=affine)
 
 
-class Stem(nn.Module):
-    def __init__(self, cin: int, cout: int, affine: bool):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
-        self.bn = _bn(cout, affine)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)))
-
-
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN + shortcut, ReLU; after ``set_stride(2)`` the first conv
     and the shortcut downsample."""
@@ -155,7 +146,7 @@ class BasicBlock(nn.Module):
 
 def _layers(model: dict[str, Any]) -> nn.ModuleList:
     ch, affine = model["channels"], bool(model.get("bn_affine", True))
-    return nn.ModuleList([Stem(model["in_channels"], ch[0], affine)]
+    return nn.ModuleList([ConvBNReLU(model["in_channels"], ch[0], 3, 1, affine)]
                          + [BasicBlock(ch[i - 1], ch[i], affine) for i in range(1, len(ch))])
 
 
@@ -209,22 +200,14 @@ class _LayerOp(nn.Module):
 
     def __init__(self, cin: int, cout: int, stem: bool, step: str | None, affine: bool):
         super().__init__()
-        self.layer = Stem(cin, cout, affine) if stem else BasicBlock(cin, cout, affine)
+        self.layer = (ConvBNReLU(cin, cout, 3, 1, affine) if stem
+                      else BasicBlock(cin, cout, affine))
         self.pool = step == "pool"
         if step == "stride":
             self.layer.set_stride(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(F.max_pool2d(x, 2, ceil_mode=True) if self.pool else x)
-
-
-class _Head(nn.Module):
-    def __init__(self, cin: int, classes: int):
-        super().__init__()
-        self.fc = nn.Linear(cin, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
 
 
 def _ops(model: dict[str, Any], arch: Arch) -> list[Op]:
@@ -242,7 +225,7 @@ def _ops(model: dict[str, Any], arch: Arch) -> list[Op]:
         cin = cout
     classes = model["num_classes"]
     ops.append(Op(f"resnet20_pool.head(c{cin}>{classes})@{size}",
-                  functools.partial(_Head, cin, classes), (cin, size, size)))
+                  functools.partial(PoolLinear, cin, classes), (cin, size, size)))
     return ops
 
 

@@ -62,7 +62,7 @@ from raynas.nn import (
     TransformerBlock,
 )
 from raynas.space import Arch, SearchSpace
-from raynas.supernets import Family, _vit_ops, register_family
+from raynas.supernets import Family, Op, register_family
 from raynas.supernets._vit_plan import (
     Plan,
     Settings,
@@ -109,16 +109,22 @@ def _attention_options(s: Settings, grid: int) -> dict[str, Any]:
             "proj_act": s.activation}
 
 
+def stage_entry(s: Settings, t: TStage) -> tuple[nn.Module, nn.Module | None]:
+    """A static transformer stage's entry op (map -> map, the stage's stride) and its
+    position embedding (None with ElasticViT attention)."""
+    entry = (ConvBN(t.cin, t.embed, t.stride) if s.entry == "conv" else
+             MBConv(t.cin, t.embed, s.entry_expand, 3, t.stride, s.entry_se, s.activation,
+                    t.in_size))
+    return entry, PositionEmbedding(t.grid ** 2, t.embed) if s.attention == "vit" else None
+
+
 class TransformerStage(nn.Module):
     """Entry op (map -> map, the stage's stride), optional position embedding, blocks."""
 
     def __init__(self, s: Settings, t: TStage):
         super().__init__()
         self.in_size = t.in_size
-        self.entry = (ConvBN(t.cin, t.embed, t.stride) if s.entry == "conv" else
-                      MBConv(t.cin, t.embed, s.entry_expand, 3, t.stride, s.entry_se,
-                             s.activation, t.in_size))
-        self.pos = PositionEmbedding(t.grid ** 2, t.embed) if s.attention == "vit" else None
+        self.entry, self.pos = stage_entry(s, t)
         options = _attention_options(s, t.grid)
         self.blocks = nn.ModuleList(
             TransformerBlock(t.embed, heads, s.head_dim, hidden, s.activation, v_scale=vs,
@@ -331,11 +337,17 @@ def _forward(m: ViTSupernet, images: torch.Tensor, depths) -> torch.Tensor:
     return _head(m.head, x, m.act)
 
 
+def _ops(model: dict[str, Any], arch: Arch) -> list[Op]:
+    from raynas.supernets._vit_ops import ops  # it builds its ops from this module's blocks
+
+    return ops(model, arch)
+
+
 register_family(Family(
     name="vit",
     supernet=ViTSupernet,
     static=StaticViT,
     tasks=("classification",),
     dims=dim_names,
-    ops=_vit_ops.ops,
+    ops=_ops,
 ))
