@@ -12,7 +12,9 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # What the digits benchmarks optimise: the classification task's default objectives.
 OBJECTIVES = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def raynas_exe() -> list[str]:
+    """The ``raynas`` command of this Python's environment (a benchmark runs it as a user
+    would, in a subprocess)."""
+    exe = Path(sys.executable).parent / "raynas"
+    if exe.is_file():
+        return [str(exe)]
+    found = shutil.which("raynas")
+    return [found] if found else [sys.executable, "-m", "raynas"]
 
 
 def cpu_model() -> str:

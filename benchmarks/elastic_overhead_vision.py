@@ -25,8 +25,8 @@ import random
 import sys
 
 import torch
-import torch.nn.functional as F
 from _common import ROOT, calibrate, fmt, machine_info, paired, write_json
+from elastic_overhead import infer, train_step
 
 from raynas.export import extract
 from raynas.space import SearchSpace
@@ -47,19 +47,6 @@ def hand_model(family: str, static: torch.nn.Module) -> torch.nn.Module:
     from _hand_vit import HandViT
 
     return HandViT.from_static(static)
-
-
-def train_step(model, x, y):
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-    return step
-
-
-def infer(model, x):
-    def call() -> None:
-        model(x)
-    return call
 
 
 def bench_family(family: str, pairs: int, block_s: float, train_block_s: float) -> dict:

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, machine_info, summarize, write_json
+from _common import ROOT, machine_info, raynas_exe, summarize, write_json
 
 NAME = "quickstart"
 GOALS = {  # figure: (comparison, threshold)
@@ -48,14 +48,6 @@ def _met(figure: str, value: float) -> bool:
     return value < goal if op == "<" else value >= goal
 
 
-def _raynas_exe() -> list[str]:
-    exe = Path(sys.executable).parent / "raynas"
-    if exe.is_file():
-        return [str(exe)]
-    found = shutil.which("raynas")
-    return [found] if found else [sys.executable, "-m", "raynas.cli"]
-
-
 def _leftovers(sid: int) -> list[str]:
     """Processes still alive in the session the raynas run was started in."""
     out = subprocess.run(["ps", "-eo", "pid=,sid=,comm="], capture_output=True, text=True)
@@ -68,7 +60,7 @@ def run_once(seed: int, overrides: list[str], timeout_s: float, keep: bool) -> d
     out = tmp / "out"
     uri = f"sqlite:///{tmp}/mlruns.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    cmd = [*_raynas_exe(), "run", str(ROOT / "jobs" / "quickstart.yaml"),
+    cmd = [*raynas_exe(), "run", str(ROOT / "jobs" / "quickstart.yaml"),
            "--output-dir", str(out), f"seed={seed}", *overrides]
     log_path = tmp / "run.log"
     load_before = list(os.getloadavg())

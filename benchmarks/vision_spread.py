@@ -30,17 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, machine_info, summarize, write_json
+from _common import ROOT, machine_info, raynas_exe, summarize, write_json
 
 NAME = "vision_spread"
 JOBS = ("resnet20_pool_tiny", "vit_tiny")
 WALL_GOAL_S = 300.0
 SPREAD_GOAL = 0.10
-
-
-def _raynas_exe() -> list[str]:
-    exe = Path(sys.executable).parent / "raynas"
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "raynas"]
 
 
 def score_extremes(out: Path) -> dict:
@@ -70,7 +65,7 @@ def run_once(job: str, seed: int, timeout_s: float) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"raynas-{job}-s{seed}-"))
     out = tmp / "out"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlruns.db"}
-    cmd = [*_raynas_exe(), "run", str(ROOT / "jobs" / f"{job}.yaml"), "--output-dir",
+    cmd = [*raynas_exe(), "run", str(ROOT / "jobs" / f"{job}.yaml"), "--output-dir",
            str(out), f"seed={seed}"]
     log = tmp / "run.log"
     with log.open("w") as fh:
