@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from raynas.errors import ConfigError, describe_value
 
@@ -174,6 +182,53 @@ class ExportConfig(_Section):
     atol: float = Field(1e-4, gt=0, description="max |exported - supernet| output difference")
 
 
+class FidelityConfig(_Section):
+    """``raynas fidelity``: does the supernet rank subnets as training them from scratch does?"""
+
+    subnets: int = Field(8, ge=2, le=256, description="subnets compared (M), spread over the "
+                         "FLOPs range")
+    spread: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] = \
+        Field((0.0, 1.0), description="the FLOPs quantile range [low, high] the subnets are "
+              "spread over (inclusive; [0, 1]: from the smallest to the largest subnet)")
+    candidates: int = Field(500, ge=2, description="subnets drawn (seeded) to pick from when "
+                            "the space has more; a smaller space is enumerated whole")
+    epochs: int | None = Field(None, ge=1, le=10_000, description="epochs of each standalone "
+                               "training (None: train.epochs, the supernet's budget)")
+    top_k: int = Field(3, ge=1, description="k of the top-k overlap (at most subnets)")
+    min_kendall_tau: float | None = Field(
+        None, ge=-1, le=1, description="stop (exit status 3) when the measured Kendall tau is "
+        "below this; with fidelity.stage, before the search (None: report only)")
+    stage: bool = Field(False, description="whether `raynas run` measures fidelity between "
+                        "train and search")
+    cache_dir: str | None = Field(
+        None, description="folder of cached standalone results, one JSON file per subnet and "
+        "setting (None: fidelity-cache beside the output folder, e.g. outputs/fidelity-cache; "
+        "a relative path starts from the working directory)")
+    max_concurrent: int | None = Field(
+        None, ge=1, description="standalone trainings (Ray Tune trials) at once (None: as "
+        "many as Ray's CPUs, or GPUs with train.use_gpu, hold when they start; on an "
+        "autoscaling cluster, set it to let nodes join)")
+
+    @field_validator("spread")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError("the low quantile must be below the high one, e.g. [0.0, 1.0]")
+        return v
+
+    @field_validator("candidates", "top_k")
+    @classmethod
+    def _against_subnets(cls, v: int, info: ValidationInfo) -> int:
+        m = info.data.get("subnets")
+        if m is None:
+            return v
+        if info.field_name == "candidates" and v < m:
+            raise ValueError(f"must be at least fidelity.subnets ({m})")
+        if info.field_name == "top_k" and v > m:
+            raise ValueError(f"must be at most fidelity.subnets ({m})")
+        return v
+
+
 class JobConfig(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     space: str
@@ -190,6 +245,7 @@ class JobConfig(_Section):
     latency: LatencyConfig = LatencyConfig()
     search: SearchConfig = SearchConfig()
     export: ExportConfig = ExportConfig()
+    fidelity: FidelityConfig = FidelityConfig()
     base_dir: str = Field(".", description="directory relative paths start from (set by load)")
 
     @property
