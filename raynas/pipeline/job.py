@@ -19,6 +19,7 @@ import yaml
 from raynas.config import JobConfig, resolve_path
 from raynas.errors import ConfigError
 from raynas.pipeline.export import export_stage
+from raynas.pipeline.fidelity import check_gate, fidelity_stage, pick_fidelity_subnets
 from raynas.pipeline.latency import profile_latency
 from raynas.pipeline.progress import say
 from raynas.pipeline.search import SearchSummary, finished_search, search_stage
@@ -92,6 +93,10 @@ class Job:
             from raynas.evaluation.actor import evaluator_request
 
             out.append(evaluator_request(self.cfg))
+        if "fidelity" in stages:
+            from raynas.pipeline.fidelity import standalone_request
+
+            out.append(standalone_request(self.cfg))
         if self.cfg.latency.resource and {"search", "export", "profile"} & set(stages):
             from raynas.latency.remote import meter_request
 
@@ -206,11 +211,15 @@ class Job:
         state = self.load_state() if resume else {}
         if state.get("train", {}).get("status") != "finished":
             check_train_inputs(self)  # a wrong train.resume_from: before any run or file
+        fidelity = state.get("fidelity", {}).get("status") != "finished" and \
+            self.cfg.fidelity.stage
+        picked = pick_fidelity_subnets(self) if fidelity else None  # bad settings: now
         if not resume and self.state_path.is_file():
             self.state_path.unlink()  # a fresh job in this directory
         with contextlib.ExitStack() as ray_up:
             # Ray first: what it can never place is refused before any MLflow run or output.
-            ray_up.enter_context(self.ray("train", "search"))
+            ray_up.enter_context(self.ray("train", *(["fidelity"] if fidelity else []),
+                                          "search"))
             with self.stage_run(self.cfg.name, None, state.get("parent_run_id")) as parent:
                 if resume:
                     say(f"resuming job {self.cfg.name!r} in {self.out} (MLflow run {parent})")
@@ -223,6 +232,8 @@ class Job:
                     say(f"train: finished before, reusing {checkpoint}")
                 else:
                     checkpoint, train_id = train_stage(self, parent, resume=train or None)
+                if fidelity:  # between train and search; may stop the job (exit status 3)
+                    check_gate(self, fidelity_stage(self, checkpoint, parent, train_id, picked))
                 if search.get("status") == "finished":
                     summary = finished_search(self, search["run_id"])
                     say(f"search: finished before, {len(summary.records)} subnets")
