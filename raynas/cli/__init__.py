@@ -1,8 +1,10 @@
 """``raynas``: the command line.
 
 Bad input exits with status 2 and one line on stderr naming the field, the value and what is
-allowed; success exits 0. The parser and its --help texts are in ``parser``; the commands in
-``job_commands`` (those that take a job file) and ``tool_commands`` (the others).
+allowed; success exits 0; a fidelity check below its threshold (``fidelity.min_kendall_tau``)
+exits 3 with a paragraph saying what was measured and what to try. The parser and its --help
+texts are in ``parser``; the commands in ``job_commands`` (those that take a job file) and
+``tool_commands`` (the others).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ __all__ = ["build_parser", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``raynas`` command (``argv`` defaults to ``sys.argv[1:]``); return its exit
-    status: 0 on success, 2 for bad input, 130 when interrupted, 141 when the reader
-    of its output has gone."""
+    status: 0 on success, 2 for bad input, 3 when a fidelity check is below its threshold,
+    130 when interrupted, 141 when the reader of its output has gone."""
     parser = build_parser()
     # Overrides may come after options (`--from-run ID train.epochs=3`): argparse's
     # positional list stops at the first option, so collect the stragglers here.
@@ -33,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, where a reader that has gone is handled below
         return rc
     except RaynasError as exc:
-        print(f"raynas: error: {exc}", file=sys.stderr)
-        return 2
+        # An error may carry its own status (FidelityBelowThreshold: 3); bad input is 2.
+        status = getattr(exc, "exit_status", 2)
+        print(f"raynas: {'error' if status == 2 else 'stopped'}: {exc}", file=sys.stderr)
+        return status
     except KeyboardInterrupt:
         print("raynas: interrupted", file=sys.stderr)
         return 130

@@ -87,6 +87,24 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    """``raynas fidelity``: rank agreement of the supernet with standalone training."""
+    from raynas.pipeline import checkpoint_from_run
+    from raynas.pipeline.fidelity import check_gate, run_fidelity
+
+    job = _load_job(args)
+    checkpoint = None
+    if args.checkpoint:
+        checkpoint = Path(args.checkpoint)
+    elif args.from_run:
+        checkpoint = checkpoint_from_run(job.tracker, args.from_run, Path(tempfile.mkdtemp()))
+    outcome = run_fidelity(job, checkpoint, train_run_id=args.from_run)
+    print((outcome.directory / "fidelity.md").read_text(), end="")
+    _footer(job, outcome.run_id)
+    check_gate(job, outcome)  # after the report: exit status 3 below the threshold
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """``raynas export``: export one subnet (a Pareto point or a given arch)."""
     from raynas.checkpoint import load_checkpoint
