@@ -1,7 +1,8 @@
 """Supernet checkpoints: one directory, ``supernet.pt`` plus a readable ``space.yaml``.
 
-A checkpoint records the space (whole definition and fingerprint) and family it was trained
-for; loading it for another space fails with a clear error. Files hold tensors and plain
+A checkpoint records the space (whole definition and fingerprint), family and weight scheme
+(``{name, options}``) it was trained for; loading it for another space or scheme fails with a
+clear error. Files hold tensors and plain
 Python values only, loaded with ``torch.load(weights_only=True)``.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +77,14 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def load_checkpoint(path: str | Path | bytes, expected: SearchSpace | None = None
-                    ) -> dict[str, Any]:
+def load_checkpoint(path: str | Path | bytes, expected: SearchSpace | None = None,
+                    weights: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Load a checkpoint directory (or its ``supernet.pt``, or that file's bytes).
 
     With ``expected``, raise ``CheckpointError`` unless the checkpoint was trained for that
-    space (same family, model settings and dims). The result has ``space`` as a SearchSpace.
+    space (same family, model settings and dims); with ``weights``, unless it was trained
+    with that weight scheme and options. The result has ``space`` as a SearchSpace and
+    ``weights`` as ``{name, options}`` (``shared`` for checkpoints that predate schemes).
     """
     if isinstance(path, bytes):
         source: Any = io.BytesIO(path)
@@ -103,4 +107,21 @@ def load_checkpoint(path: str | Path | bytes, expected: SearchSpace | None = Non
             f"{expected.name!r} (family {expected.family}, fingerprint {expected.fingerprint})"
         )
     payload["space"] = space
+    payload["weights"] = scheme_spec(payload.get("weights"))
+    if weights is not None and scheme_spec(weights) != payload["weights"]:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was trained with weights = {_show(payload['weights'])}; "
+            f"this job uses weights = {_show(scheme_spec(weights))}: a checkpoint's tensors only "
+            "fit the scheme that made them (set the job's weights to match, or train anew)")
     return payload
+
+
+def scheme_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not spec:
+        return {"name": "shared", "options": {}}
+    return {"name": spec["name"], "options": dict(spec.get("options") or {})}
+
+
+def _show(spec: Mapping[str, Any]) -> str:
+    options = ", ".join(f"{k}: {v!r}" for k, v in sorted(spec["options"].items()))
+    return f"{spec['name']!r}" + (f" with options {{{options}}}" if options else "")

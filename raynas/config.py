@@ -239,6 +239,9 @@ class JobConfig(_Section):
         None, description="the task the family's models learn: classification, tagging, or "
         "a user's under raynas.tasks (default: the family's first task)")
     data: DataConfig = DataConfig()
+    weights: ComponentField = Field(
+        Component(name="shared"), description="weight scheme: shared (front-slicing), "
+        "mos_layer / mos_neuron (Mixture-of-Supernets), balanced_mixture (K supernets)")
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
     train: TrainConfig = TrainConfig()
@@ -403,6 +406,7 @@ def _check_components(cfg: JobConfig, source: str) -> None:
     from raynas.training.losses import DISTILLERS
     from raynas.training.optim import OPTIMIZERS
     from raynas.training.samplers import SAMPLERS
+    from raynas.weights import WEIGHT_SCHEMES
 
     t = cfg.train
     try:
@@ -420,6 +424,9 @@ def _check_components(cfg: JobConfig, source: str) -> None:
                       distiller, t.distill.options)
         check_options("train.optimizer.options", t.optimizer.name, "optimizer",
                       OPTIMIZERS.get(t.optimizer.name), t.optimizer.options, ("groups", "lr"))
+        check_options("weights.options", cfg.weights.name, "weight scheme",
+                      WEIGHT_SCHEMES.get(cfg.weights.name), cfg.weights.options,
+                      ("space", "build"))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     if distiller.needs_teacher and not sampler.teacher_first and t.num_subnets > 1:

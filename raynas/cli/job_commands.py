@@ -137,7 +137,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError("export with --checkpoint needs --pareto FILE or --arch JSON")
     # Job.export opens its MLflow run and output directory before the evaluator reads the
     # checkpoint: a corrupt or foreign one must fail here, before anything is written.
-    load_checkpoint(checkpoint, expected=job.space)
+    load_checkpoint(checkpoint, expected=job.space, weights=job.cfg.weights.model_dump())
     result = job.export(checkpoint, front, pick=pick)
     print(f"[raynas] exported to {result['directory']}")
     return 0

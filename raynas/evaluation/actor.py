@@ -26,6 +26,7 @@ def evaluator_args(cfg: JobConfig, checkpoint: str | Path, space: SearchSpace) -
         # Ray sets CUDA_VISIBLE_DEVICES for an actor that holds a GPU: "cuda" is its own.
         "device": "cuda" if cfg.search.evaluator.num_gpus > 0 else "cpu",
         "seed": cfg.seed,
+        "weights": cfg.weights.model_dump(),
     }
 
 

@@ -45,15 +45,17 @@ class Evaluator:
                  latency: Mapping[str, Any], evaluator: Mapping[str, Any] | None = None,
                  expected_space: dict | None = None, threads: int = 1,
                  known: Sequence[Mapping[str, Any]] = (), task: Mapping[str, Any] | None = None,
-                 device: str = "cpu", seed: int = 0):
+                 device: str = "cpu", seed: int = 0, weights: Mapping[str, Any] | None = None):
         """``checkpoint``: a checkpoint directory, or its ``supernet.pt`` bytes. ``known``:
-        records evaluated before (a resumed search); asking for them costs nothing."""
+        records evaluated before (a resumed search); asking for them costs nothing.
+        ``weights``: the job's weight scheme, checked against the checkpoint's (None: the
+        checkpoint's, unchecked)."""
         torch.set_num_threads(threads)
         expected = SearchSpace.from_dict(expected_space) if expected_space else None
-        state = load_checkpoint(checkpoint, expected=expected)
+        state = load_checkpoint(checkpoint, expected=expected, weights=weights)
         self.space: SearchSpace = state["space"]
         self.device = torch.device(device)
-        self.supernet = create_supernet(self.space)
+        self.supernet = create_supernet(self.space, state["weights"])
         self.supernet.load_state_dict(state["model"])
         self.supernet.to(self.device).eval()
         self.task = build_task(self.space, task)

@@ -9,6 +9,7 @@ from raynas.errors import RaynasError
 from raynas.nn import ElasticModule
 from raynas.space import Arch, SearchSpace
 from raynas.supernets import build_static
+from raynas.weights import active_net
 
 
 def active_state_dict(supernet: nn.Module) -> dict[str, torch.Tensor]:
@@ -34,12 +35,14 @@ def extract(supernet: nn.Module, space: SearchSpace, arch: Arch) -> nn.Module:
     """A static ``nn.Module`` computing what ``supernet`` computes with ``arch`` active.
 
     The returned model owns copies of the weights (no link to the supernet) and is in
-    ``eval`` mode. The supernet is left set to ``arch``.
+    ``eval`` mode. Under any weight scheme it holds the tensors the scheme generated for
+    ``arch`` (mixed experts, the assigned supernet's): a plain model, no router. The
+    supernet is left set to ``arch``.
     """
     supernet.set_arch(arch)
     static = build_static(space, arch)
     wanted = static.state_dict()
-    source = active_state_dict(supernet)
+    source = active_state_dict(active_net(supernet))
     missing = [k for k in wanted if k not in source]
     if missing:
         raise RaynasError(f"supernet has no weights for static subnet tensor {missing[0]!r}")

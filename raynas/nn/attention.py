@@ -59,9 +59,10 @@ class ElasticLayerNorm(ElasticModule):
 
     def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.active_dim
+        weight, bias = self.param("weight"), self.param("bias")
         if d == self.max_dim:
-            return self.weight, self.bias
-        return self.weight[:d], self.bias[:d]
+            return weight, bias
+        return weight[:d], bias[:d]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self._affine()
@@ -95,9 +96,10 @@ class ElasticPositionEmbedding(ElasticModule):
         self.active_dim = dim
 
     def active_weight(self) -> torch.Tensor:
+        w = self.param("weight")
         if self.active_dim == self.max_dim:
-            return self.weight
-        return self.weight[..., : self.active_dim]
+            return w
+        return w[..., : self.active_dim]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.active_weight()
@@ -145,9 +147,10 @@ class ElasticRelativePositionBias(ElasticModule):
         self.active_heads = heads
 
     def active_table(self) -> torch.Tensor:
+        table = self.param("table")
         if self.active_heads == self.max_heads:
-            return self.table
-        return self.table[:, : self.active_heads]
+            return table
+        return table[:, : self.active_heads]
 
     def forward(self) -> torch.Tensor:
         return self.active_table()[self.index].permute(2, 0, 1)
@@ -179,11 +182,12 @@ class ElasticFusedLinear(ElasticLinear):
         return torch.cat([t[o : o + n] for o, n in zip(self.offsets, self.active_outs)])
 
     def active_weight(self) -> torch.Tensor:
-        w = self.weight if self.active_in == self.max_in else self.weight[:, : self.active_in]
-        return self._rows(w)
+        w = self.param("weight")
+        return self._rows(w if self.active_in == self.max_in else w[:, : self.active_in])
 
     def active_bias(self) -> torch.Tensor | None:
-        return None if self.bias is None else self._rows(self.bias)
+        b = self.param("bias")
+        return None if b is None else self._rows(b)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,

@@ -4,8 +4,10 @@ Each op has an *active configuration* set by its supernet's ``set_arch`` (``acti
 ``active_out``, ``active_kernel``). ``forward`` computes with the active weights and
 ``active_state()`` returns those same tensors keyed like the state dict of the equivalent
 plain torch op, which is how ``export.extract`` builds a static subnet. Weight schemes other
-than front-slicing override ``active_weight`` (and nothing else), so forward and export agree
-by construction.
+than front-slicing act through the op's *weight provider*: every op reads its full-size
+tensors with ``self.param(name)``, which is the op's own parameter unless a scheme installed a
+provider (``raynas.weights``) that generates the tensor from the active arch. Forward and
+``active_state()`` both read through it, so forward and export agree by construction.
 
 Slicing follows Once-for-All: the first ``n`` output/input channels, and the centre
 ``k x k`` crop of the largest kernel.
@@ -19,7 +21,19 @@ from torch import nn
 
 
 class ElasticModule(nn.Module):
-    """Marker base class: a module whose ``active_state()`` describes its current slice."""
+    """Base class: a module whose ``active_state()`` describes its current slice.
+
+    ``param(name)`` is the one way an op reads its full-size tensors (the weight seam): the
+    op's own parameter, or what the provider installed as ``self.weight_provider`` (a module,
+    so its tensors live in the state dict) returns for it, given the arch the scheme saw.
+    Slicing is applied after, so a scheme never needs to know how an op slices.
+    """
+
+    def param(self, name: str) -> torch.Tensor | None:
+        provider = self._modules.get("weight_provider")
+        if provider is None:
+            return getattr(self, name)
+        return provider(self, name)
 
     def active_state(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -55,7 +69,7 @@ class ElasticConv2d(ElasticModule):
         self.active_in, self.active_out, self.active_kernel = in_channels, out_channels, kernel
 
     def active_weight(self) -> torch.Tensor:
-        w = self.weight
+        w = self.param("weight")
         if self.active_out != self.max_out or self.active_in != self.max_in:
             w = w[: self.active_out, : self.active_in]
         return _centre_crop(w, self.active_kernel)
@@ -90,7 +104,7 @@ class ElasticDepthwiseConv2d(ElasticModule):
         self.active_channels, self.active_kernel = channels, kernel
 
     def active_weight(self) -> torch.Tensor:
-        w = self.weight
+        w = self.param("weight")
         if self.active_channels != self.max_channels:
             w = w[: self.active_channels]
         return _centre_crop(w, self.active_kernel)
@@ -121,16 +135,18 @@ class ElasticConv1d(ElasticModule):
         self.active_in, self.active_out, self.active_kernel = in_channels, out_channels, kernel
 
     def active_weight(self) -> torch.Tensor:
-        w = self.weight[: self.active_out, : self.active_in]
+        w = self.param("weight")[: self.active_out, : self.active_in]
         start = (self.max_kernel - self.active_kernel) // 2
         return w[..., start : start + self.active_kernel]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(x, self.active_weight(), self.bias[: self.active_out], 1,
-                        self.active_kernel // 2)
+        return F.conv1d(x, self.active_weight(), self.active_bias(), 1, self.active_kernel // 2)
+
+    def active_bias(self) -> torch.Tensor:
+        return self.param("bias")[: self.active_out]
 
     def active_state(self) -> dict[str, torch.Tensor]:
-        return {"weight": self.active_weight(), "bias": self.bias[: self.active_out]}
+        return {"weight": self.active_weight(), "bias": self.active_bias()}
 
 
 class ElasticEmbedding(ElasticModule):
@@ -146,7 +162,7 @@ class ElasticEmbedding(ElasticModule):
         self.active_dim = dim
 
     def active_weight(self) -> torch.Tensor:
-        return self.weight[:, : self.active_dim]
+        return self.param("weight")[:, : self.active_dim]
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.embedding(tokens, self.active_weight())
@@ -170,14 +186,16 @@ class ElasticLinear(ElasticModule):
         self.active_in, self.active_out = in_features, out_features
 
     def active_weight(self) -> torch.Tensor:
+        w = self.param("weight")
         if self.active_out == self.max_out and self.active_in == self.max_in:
-            return self.weight
-        return self.weight[: self.active_out, : self.active_in]
+            return w
+        return w[: self.active_out, : self.active_in]
 
     def active_bias(self) -> torch.Tensor | None:
-        if self.bias is None or self.active_out == self.max_out:
-            return self.bias
-        return self.bias[: self.active_out]
+        b = self.param("bias")
+        if b is None or self.active_out == self.max_out:
+            return b
+        return b[: self.active_out]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.active_weight(), self.active_bias())
@@ -216,9 +234,10 @@ class ElasticBatchNorm2d(ElasticModule):
 
     def _slices(self):
         c = self.active_features
+        weight, bias = self.param("weight"), self.param("bias")
         if c == self.max_features:
-            return self.weight, self.bias, self.running_mean, self.running_var
-        return self.weight[:c], self.bias[:c], self.running_mean[:c], self.running_var[:c]
+            return weight, bias, self.running_mean, self.running_var
+        return weight[:c], bias[:c], self.running_mean[:c], self.running_var[:c]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias, mean, var = self._slices()

@@ -128,7 +128,8 @@ def fidelity_stage(job: Job, checkpoint: str | Path, parent_id: str | None = Non
 
     cfg, space, tracker = job.cfg, job.space, job.tracker
     f, metric, goal = cfg.fidelity, job.task.primary.name, job.task.primary.goal
-    load_checkpoint(checkpoint, expected=space)  # a wrong checkpoint fails here, clearly
+    # A wrong checkpoint (space or weight scheme) fails here, clearly.
+    load_checkpoint(checkpoint, expected=space, weights=job.cfg.weights.model_dump())
     picked = picked or pick_fidelity_subnets(job)
     t0 = time.perf_counter()
     with job.stage_run("fidelity", parent_id) as run_id:
@@ -199,7 +200,7 @@ def run_fidelity(job: Job, checkpoint: str | Path | None = None,
     if checkpoint is None:
         check_train_inputs(job)
     else:
-        load_checkpoint(checkpoint, expected=job.space)
+        load_checkpoint(checkpoint, expected=job.space, weights=job.cfg.weights.model_dump())
     picked = pick_fidelity_subnets(job)  # bad fidelity settings: before any run or file
     # Ray only where something trains: a report whose subnets are all cached needs none.
     with job.ray("train", "fidelity") if checkpoint is None else contextlib.nullcontext():

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from raynas.config import JobConfig, resolve_path
@@ -35,7 +36,7 @@ from raynas.runtime import (
 from raynas.search.searchers import Constraint, Objective
 from raynas.space import SearchSpace
 from raynas.space.registry import load_space
-from raynas.supernets import check_space
+from raynas.supernets import check_space, create_supernet
 from raynas.tasks import Task, build_task
 from raynas.tracking import Tracker, flatten
 
@@ -49,6 +50,8 @@ class Job:
         self.cfg = cfg
         self.space: SearchSpace = load_space(cfg.space, base=Path(cfg.base_dir))
         check_space(self.space)  # unknown family or unread dims: clear error before any work
+        with torch.device("meta"):  # the weight scheme's options, checked without any memory
+            create_supernet(self.space, cfg.weights.model_dump())
         self.task: Task = build_task(self.space, cfg.task.model_dump() if cfg.task else None)
         if cfg.data.path and not resolve_path(cfg, cfg.data.path).exists():
             raise ConfigError(f"data.path = {cfg.data.path!r}: does not exist")

@@ -60,7 +60,8 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
 
     cfg, space, tracker = job.cfg, job.space, job.tracker
     s = cfg.search
-    load_checkpoint(checkpoint, expected=space)  # a wrong checkpoint fails here, clearly
+    # A wrong checkpoint (space or weight scheme) fails here, clearly.
+    load_checkpoint(checkpoint, expected=space, weights=cfg.weights.model_dump())
     resume = resume or {}
     with job.stage_run("search", parent_id, resume.get("run_id")) as run_id:
         if parent_id is None:

@@ -21,7 +21,8 @@ def check_train_inputs(job: Job) -> None:
     """Fail on a wrong ``train.resume_from`` before any run, file or Ray worker exists
     (``Job.train`` and ``Job.run`` call it first, then ``train_stage``)."""
     if job.cfg.train.resume_from:
-        load_checkpoint(resolve_path(job.cfg, job.cfg.train.resume_from), expected=job.space)
+        load_checkpoint(resolve_path(job.cfg, job.cfg.train.resume_from), expected=job.space,
+                        weights=job.cfg.weights.model_dump())
 
 
 def train_stage(job: Job, parent_id: str | None = None,

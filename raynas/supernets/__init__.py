@@ -12,8 +12,9 @@ a module that calls ``register_family`` on import (see ``raynas.registry``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -83,9 +84,14 @@ def check_space(space: SearchSpace) -> Family:
     return family
 
 
-def create_supernet(space: SearchSpace) -> nn.Module:
-    """Build the supernet for ``space`` (its ``family`` and ``model`` settings)."""
-    return check_space(space).supernet(space)
+def create_supernet(space: SearchSpace, weights: Mapping[str, Any] | None = None
+                    ) -> nn.Module:
+    """Build the supernet for ``space`` (its ``family`` and ``model`` settings) under the
+    weight scheme ``weights`` (``{name, options}``; None: ``shared``, the family's module)."""
+    from raynas.weights import apply_scheme
+
+    family = check_space(space)
+    return apply_scheme(space, lambda: family.supernet(space), weights)
 
 
 def build_static(space: SearchSpace, arch: Arch) -> nn.Module:

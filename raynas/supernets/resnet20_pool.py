@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raynas.errors import ConfigError
+from raynas.nn import ElasticConv2d, ElasticLinear
 from raynas.space import Arch, Choice, SearchSpace
 from raynas.supernets import Family, Op, register_family
 from raynas.supernets.cnn import ConvBNReLU, PoolLinear
@@ -114,26 +115,41 @@ def _bn(channels: int, affine: bool) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, affine=affine)
 
 
+def _conv(cin: int, cout: int, kernel: int, elastic: bool) -> nn.Module:
+    """A bias-free conv (padding keeps the size). The supernet's is an ``ElasticConv2d``
+    that never slices (a layout keeps every weight) so weight schemes reach it; it starts from
+    torch's default init, like the static model's."""
+    conv = nn.Conv2d(cin, cout, kernel, 1, kernel // 2, bias=False)
+    if not elastic:
+        return conv
+    op = ElasticConv2d(cin, cout, kernel)
+    with torch.no_grad():
+        op.weight.copy_(conv.weight)
+    return op
+
+
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN + shortcut, ReLU; after ``set_stride(2)`` the first conv
     and the shortcut downsample."""
 
-    def __init__(self, cin: int, cout: int, affine: bool):
+    def __init__(self, cin: int, cout: int, affine: bool, elastic: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        self.conv1 = _conv(cin, cout, 3, elastic)
         self.bn1 = _bn(cout, affine)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.conv2 = _conv(cout, cout, 3, elastic)
         self.bn2 = _bn(cout, affine)
         self.proj = None
         if cin != cout:
-            self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), _bn(cout, affine))
+            self.proj = nn.Sequential(_conv(cin, cout, 1, elastic), _bn(cout, affine))
         self.stride = 1
 
     def set_stride(self, stride: int) -> None:
         self.stride = stride
-        self.conv1.stride = (stride, stride)
-        if self.proj is not None:
-            self.proj[0].stride = (stride, stride)
+        for conv in (self.conv1, self.proj[0] if self.proj is not None else None):
+            if isinstance(conv, nn.Conv2d):
+                conv.stride = (stride, stride)
+            elif conv is not None:
+                conv.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
@@ -144,13 +160,14 @@ class BasicBlock(nn.Module):
         return F.relu(out + short)
 
 
-def _layers(model: dict[str, Any]) -> nn.ModuleList:
+def _layers(model: dict[str, Any], elastic: bool = False) -> nn.ModuleList:
     ch, affine = model["channels"], bool(model.get("bn_affine", True))
     return nn.ModuleList([ConvBNReLU(model["in_channels"], ch[0], 3, 1, affine)]
-                         + [BasicBlock(ch[i - 1], ch[i], affine) for i in range(1, len(ch))])
+                         + [BasicBlock(ch[i - 1], ch[i], affine, elastic)
+                            for i in range(1, len(ch))])
 
 
-def _run(layers: nn.ModuleList, fc: nn.Linear, pools: tuple[bool, ...],
+def _run(layers: nn.ModuleList, fc: nn.Module, pools: tuple[bool, ...],
          x: torch.Tensor) -> torch.Tensor:
     for layer, pool in zip(layers, pools):
         x = layer(F.max_pool2d(x, 2, ceil_mode=True) if pool else x)
@@ -170,8 +187,8 @@ class ResNetPoolSupernet(nn.Module):
     def __init__(self, space: SearchSpace):
         super().__init__()
         self.model = _settings(space)
-        self.layers = _layers(self.model)
-        self.fc = nn.Linear(self.model["channels"][-1], self.model["num_classes"])
+        self.layers = _layers(self.model, elastic=True)
+        self.fc = ElasticLinear(self.model["channels"][-1], self.model["num_classes"])
         self.set_arch(space.largest())
 
     def set_arch(self, arch: Arch) -> None:

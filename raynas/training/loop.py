@@ -30,13 +30,22 @@ from raynas.tasks import Batch, Task, load_task_data, make_loader, sample_batche
 from raynas.training.losses import DISTILLERS
 from raynas.training.optim import build_optimizer, lr_at
 from raynas.training.samplers import SAMPLERS
+from raynas.weights import SchemeSupernet, Score, normalise, set_training_arch
 
 # ``hook(step, losses)`` after every optimizer step (progress, logging, schedules).
 Hook = Callable[[int, dict[str, float]], None]
 
 
 def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
-    """All-reduce every gradient as one flat buffer (unused parameters count as zero)."""
+    """All-reduce every gradient as one flat buffer. A parameter no worker used this step
+    keeps no gradient (so the optimizer skips it, as it does on one worker: no momentum or
+    weight decay for an untrained block or supernet); one used by some workers only counts
+    as zero on the others."""
+    used = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
+    dist.all_reduce(used)
+    params = [p for p, u in zip(params, used.tolist()) if u]
+    if not params:
+        return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
@@ -48,10 +57,36 @@ def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
         offset += n
 
 
+def validation_scorer(task: Task, val, batch_size: int, seed: int,
+                      device: torch.device | str = "cpu") -> Callable[[int], Score]:
+    """``for_step(step)``: a ``Score`` on one seeded validation minibatch of that step (the
+    same on every worker), drawn only if a scheme asks: the primary metric, negated where
+    its goal is min, of the net in train mode (batch statistics) without gradients."""
+    metric = task.primary
+
+    def for_step(step: int) -> Score:
+        batch: list[Batch] = []
+
+        def score(net: nn.Module) -> float:
+            if not batch:
+                drawn = sample_batches(val, 1, min(batch_size, len(val)), seed=seed + step)
+                batch.append(to_device(drawn[0], device))
+            net.train()
+            with torch.no_grad():
+                out = net(*task.inputs(batch[0]))
+            total, n = task.metric_sums(out, batch[0])[metric.name]
+            value = total / max(n, 1e-12)
+            return value if metric.goal == "max" else -value
+        return score
+    return for_step
+
+
 def train_step(net, task: Task, optimizer, sampler, distiller, batch: Batch, step: int,
-               cfg: TrainConfig, world_size: int) -> dict[str, float]:
+               cfg: TrainConfig, world_size: int, score: Score | None = None
+               ) -> dict[str, float]:
     """One optimizer step over the sampler's subnets; returns the first and last subnets'
-    losses (``loss_largest`` only where the sampler trains the largest first)."""
+    losses (``loss_largest`` only where the sampler trains the largest first). ``score``
+    rates a subnet on validation data for a weight scheme that learns from it."""
     optimizer.zero_grad(set_to_none=True)
     teacher = None
     distil = getattr(distiller, "needs_teacher", False)
@@ -60,7 +95,7 @@ def train_step(net, task: Task, optimizer, sampler, distiller, batch: Batch, ste
     archs = sampler.sample(step)
     per_subnet: list[float] = []
     for i, arch in enumerate(archs):
-        net.set_arch(arch)
+        set_training_arch(net, arch, step)
         out = net(*inputs)
         if teacher is None:
             loss = task.loss(out, batch, cfg.label_smoothing)
@@ -77,6 +112,9 @@ def train_step(net, task: Task, optimizer, sampler, distiller, batch: Batch, ste
         nn.utils.clip_grad_value_(params, cfg.grad_clip)
     optimizer.step()
     sampler.feedback(step, archs, per_subnet)
+    if isinstance(net, SchemeSupernet):
+        net.after_step(step, archs, score)
+        net.train()
     first = "loss_largest" if sampler.teacher_first else "loss_first"
     losses = {first: per_subnet[0]}
     if len(archs) > 1:
@@ -86,9 +124,12 @@ def train_step(net, task: Task, optimizer, sampler, distiller, batch: Batch, ste
 
 def train_epoch(net, task: Task, batches: Iterable[Batch], optimizer, sampler, distiller,
                 cfg: TrainConfig, epoch: int, steps_per_epoch: int, world: int = 1,
-                device: torch.device | str = "cpu", hooks: Sequence[Hook] = ()
-                ) -> dict[str, float]:
-    """One pass over ``batches``; the mean of each step loss."""
+                device: torch.device | str = "cpu", hooks: Sequence[Hook] = (),
+                scorer: Callable[[int], Score] | None = None) -> dict[str, float]:
+    """One pass over ``batches``; the mean of each step loss. ``scorer(step)``: the
+    step's ``Score`` (see ``validation_scorer``) for weight schemes that use one."""
+    if isinstance(net, SchemeSupernet):
+        net.start_epoch(epoch, cfg.epochs)
     sums: dict[str, float] = {}
     n = 0
     for s, batch in enumerate(batches):
@@ -98,7 +139,7 @@ def train_epoch(net, task: Task, batches: Iterable[Batch], optimizer, sampler, d
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step, steps_per_epoch)
         losses = train_step(net, task, optimizer, sampler, distiller, to_device(batch, device),
-                            step, cfg, world)
+                            step, cfg, world, scorer(step) if scorer else None)
         for hook in hooks:
             hook(step, losses)
         for k, v in losses.items():
@@ -145,7 +186,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     space = SearchSpace.from_dict(config["space"])
     task = build_task(space, config.get("task"))
-    net = create_supernet(space).to(device)
+    weights = normalise(config.get("weights"))
+    net = create_supernet(space, weights).to(device)
     optimizer = build_optimizer(net, cfg)
     data = load_task_data(task, config["data"])
     # Each rank reads its own shard of the training set (Ray Train's rank and world size).
@@ -165,7 +207,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     elif config.get("resume_from"):
         resume_dir = config["resume_from"]
     if resume_dir is not None:
-        state = load_checkpoint(resume_dir, expected=space)
+        state = load_checkpoint(resume_dir, expected=space, weights=weights)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state.get("sampler") or {})
@@ -188,6 +230,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     calib = sample_batches(data.train, 2, 256, seed=config["seed"]) if rank == 0 else []
     val_batches = list(make_loader(data.val, 512)) if rank == 0 else []
     primary = task.primary.name
+    scorer = validation_scorer(task, data.val, cfg.batch_size, config["seed"], device)
     net.train()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -195,7 +238,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loader.sampler.set_epoch(epoch)
         metrics: dict[str, Any] = train_epoch(
             net, task, loader, optimizer, sampler, distiller, cfg, epoch, steps_per_epoch,
-            world, device)
+            world, device, scorer=scorer)
+        if isinstance(net, SchemeSupernet):
+            metrics.update(net.metrics())
         metrics.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"],
                        epoch_time_s=time.perf_counter() - t0, **attempt_info)
         attempt_info = {}
@@ -206,7 +251,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 model_state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
                 save_checkpoint(tmp, space, model_state, epoch,
-                                {"optimizer": optimizer.state_dict(),
+                                {"weights": weights, "optimizer": optimizer.state_dict(),
                                  "sampler": sampler.state_dict()})
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             loss = next(iter(v for k, v in metrics.items() if k.startswith("loss_")),

@@ -95,6 +95,7 @@ def train_supernet(cfg: JobConfig, space: SearchSpace,
         "space": space.to_dict(),
         "task": cfg.task.model_dump() if cfg.task else None,
         "train": t.model_dump(),
+        "weights": cfg.weights.model_dump(),
         "data": data,
         "seed": cfg.seed,
         "resume_from": str(resolve_path(cfg, t.resume_from).resolve()) if t.resume_from

@@ -37,6 +37,19 @@ def digits_space() -> SearchSpace:
     return SearchSpace.load(SPACES_DIR / "digits_cnn.yaml")
 
 
+def smallest_space(family: str) -> SearchSpace:
+    """The smallest space a family ships in search_spaces/ (each family must ship one)."""
+    spaces = [s for s in (SearchSpace.load(p) for p in sorted(SPACES_DIR.glob("*.yaml")))
+              if s.family == family]
+    assert spaces, f"family {family!r} ships no space in search_spaces/"
+    return min(spaces, key=lambda s: s.size() or 10**12)
+
+
+@pytest.fixture(scope="session")
+def space_of():
+    return smallest_space
+
+
 @pytest.fixture(scope="session")
 def tiny_space() -> SearchSpace:
     return SearchSpace.load(SPACES_DIR / "tiny_cnn.yaml")

@@ -28,13 +28,6 @@ from raynas.tasks import build_task, example_args
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
-def _space_of(family: str) -> SearchSpace:
-    spaces = [s for s in (SearchSpace.load(p) for p in sorted(SPACES_DIR.glob("*.yaml")))
-              if s.family == family]
-    assert spaces, f"family {family!r} ships no space in search_spaces/"
-    return min(spaces, key=lambda s: s.size() or 10**12)
-
-
 def _archs(space: SearchSpace):
     rng = random.Random(0)
     return {"largest": space.largest(), "smallest": space.smallest(),
@@ -42,8 +35,8 @@ def _archs(space: SearchSpace):
 
 
 @pytest.fixture(scope="module", params=family_names())
-def family_setup(request, randomise_bn_stats):
-    space = _space_of(request.param)
+def family_setup(request, randomise_bn_stats, space_of):
+    space = space_of(request.param)
     torch.manual_seed(0)
     net = create_supernet(space)
     randomise_bn_stats(net)  # BatchNorm must matter in eval-mode comparisons
