@@ -1,6 +1,6 @@
 """``raynas fidelity`` on the command line: help, bad input (exit 2, one line, nothing
 started) and the threshold's own exit status (3). The end to end run is in
-tests/integration/test_fidelity.py."""
+tests/integration/test_fidelity_command.py."""
 
 from __future__ import annotations
 
