@@ -4,7 +4,8 @@ better judge of them, and what does it cost to train?
 Two spaces on cluttered digits (the harder vision task): ``jobs/resnet20_pool_tiny.yaml``
 (10 pooling layouts) and ``jobs/digits_cnn_cluttered.yaml`` (the digits CNN space at 16x16).
 Four schemes: ``shared``, ``mos_layer`` (2 experts), ``mos_neuron`` (2 experts), both with
-the CPU analogue's router (hidden 32), and ``balanced_mixture`` (4 supernets).
+the CPU analogue's router (hidden 32), and ``balanced_mixture`` (4 supernets); on
+resnet20_pool_tiny also the balanced mixture with 2 supernets and with 4 left unbalanced.
 
 1. **Fidelity**, per space, scheme and seed k (3 seeds), as a user runs it:
 
@@ -33,16 +34,32 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, machine_info, raynas_exe, summarize, write_json
+from _common import RESULTS, ROOT, machine_info, raynas_exe, summarize, write_json
 
 NAME = "weight_schemes"
 JOBS = {"resnet20_pool_tiny": 10, "digits_cnn_cluttered": 8}  # job -> subnets compared
-SCHEMES = {
-    "shared": [],
-    "mos_layer": ["weights.options.experts=2", "weights.options.hidden=32"],
-    "mos_neuron": ["weights.options.experts=2", "weights.options.hidden=32"],
-    "balanced_mixture": ["weights.options.supernets=4"],
+SCHEMES = {  # label -> the job's overrides
+    "shared": ["weights.name=shared"],
+    "mos_layer": ["weights.name=mos_layer", "weights.options.experts=2",
+                  "weights.options.hidden=32"],
+    "mos_neuron": ["weights.name=mos_neuron", "weights.options.experts=2",
+                   "weights.options.hidden=32"],
+    "balanced_mixture": ["weights.name=balanced_mixture", "weights.options.supernets=4"],
 }
+# The Balanced Mixture paper's two claims on its own space (ResNet-20 pooling layouts): fidelity
+# rises with the number of supernets, and balancing the marginal is what makes K supernets help.
+ABLATIONS = {"resnet20_pool_tiny": {
+    "balanced_mixture_k2": ["weights.name=balanced_mixture", "weights.options.supernets=2"],
+    "balanced_mixture_unbalanced": ["weights.name=balanced_mixture",
+                                    "weights.options.supernets=4",
+                                    "weights.options.balanced=false"],
+}}
+
+
+def _options(overrides: list[str]) -> tuple[str, dict]:
+    name = next(o.split("=")[1] for o in overrides if o.startswith("weights.name="))
+    return name, {o.split("=")[0].split(".")[-1]: int(o.split("=")[1])
+                  for o in overrides if o.startswith("weights.options.")}
 
 
 def training_cost(job: str, rounds: int = 15) -> dict:
@@ -68,9 +85,9 @@ def training_cost(job: str, rounds: int = 15) -> dict:
              "labels": torch.randint(0, 10, (t.batch_size,), generator=gen)}
     setups = {}
     for scheme, overrides in SCHEMES.items():
-        options = {o.split("=")[0].split(".")[-1]: int(o.split("=")[1]) for o in overrides}
+        name, options = _options(overrides)
         torch.manual_seed(0)
-        net = create_supernet(space, {"name": scheme, "options": options})
+        net = create_supernet(space, {"name": name, "options": options})
         if hasattr(net, "start_epoch"):
             net.start_epoch(0, 1)
         sampler = SAMPLERS.create(t.sampler.name, t.sampler.options, space=space,
@@ -104,12 +121,12 @@ def training_cost(job: str, rounds: int = 15) -> dict:
     return out
 
 
-def fidelity_run(job: str, scheme: str, seed: int, cache: Path, epochs: int | None,
-                 work: Path) -> dict:
+def fidelity_run(job: str, scheme: str, overrides: list[str], seed: int, cache: Path,
+                 epochs: int | None, work: Path) -> dict:
     out = work / f"{job}-{scheme}-{seed}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlruns.db'}"}
     cmd = [*raynas_exe(), "fidelity", str(ROOT / "jobs" / f"{job}.yaml"), "--output-dir",
-           str(out), f"seed={seed}", f"weights.name={scheme}", *SCHEMES[scheme],
+           str(out), f"seed={seed}", *overrides,
            f"fidelity.subnets={JOBS[job]}", f"fidelity.cache_dir={cache}", f"name={job}"]
     if epochs:
         cmd.append(f"train.epochs={epochs}")
@@ -129,8 +146,11 @@ def main() -> None:
     ap.add_argument("--only", choices=("cost", "fidelity"))
     ap.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
     args = ap.parse_args()
+    previous = RESULTS / f"{NAME}.json"  # --only keeps the other half of an earlier run
+    kept = {k: v for k, v in (json.loads(previous.read_text()) if previous.exists() else {}).items()
+            if args.only and k in ({"fidelity", "summary"} if args.only == "cost" else {"cost"})}
     result: dict = {"machine": machine_info(threads=1), "epochs": args.epochs,
-                    "seeds": args.seeds, "schemes": SCHEMES}
+                    "seeds": args.seeds, "schemes": SCHEMES, "ablations": ABLATIONS, **kept}
     if args.only != "fidelity":
         result["cost"] = {job: training_cost(job) for job in args.jobs}
         for job, per in result["cost"].items():
@@ -144,8 +164,8 @@ def main() -> None:
         runs: dict = {}
         for job in args.jobs:
             for seed in range(args.seeds):
-                for scheme in SCHEMES:
-                    r = fidelity_run(job, scheme, seed, cache, args.epochs, work)
+                for scheme, overrides in {**SCHEMES, **ABLATIONS.get(job, {})}.items():
+                    r = fidelity_run(job, scheme, overrides, seed, cache, args.epochs, work)
                     runs.setdefault(job, {}).setdefault(scheme, []).append(r)
                     print(f"fidelity {job} {scheme} seed {seed}: " + json.dumps(
                         {k: r.get(k) for k in ("kendall_tau", "mean_gap", "top1_regret",
