@@ -33,7 +33,9 @@ TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "warmup
 
 def standalone_settings(cfg, space: SearchSpace) -> dict[str, Any]:
     """What a job's standalone results depend on besides the arch, as plain values (they
-    travel to the Tune trials, and all but ``space`` make the cache key)."""
+    travel to the Tune trials, and all but ``space`` make the cache key). The device type and
+    torch's version are among them: the same recipe gives other numbers on a GPU or another
+    torch release, so a cached CPU result does not stand in for a GPU one."""
     from raynas.config import resolve_path
 
     data = cfg.data.model_dump(mode="json")
@@ -48,6 +50,8 @@ def standalone_settings(cfg, space: SearchSpace) -> dict[str, Any]:
         "train": train,
         "data": data,
         "seed": cfg.seed,
+        "device": "cuda" if cfg.train.use_gpu else "cpu",
+        "torch": torch.__version__.split("+")[0],
         "space": space.to_dict(),
     }
 
@@ -106,11 +110,12 @@ class _FixedArch(nn.Module):
 
 
 def train_standalone(arch: Mapping[str, Any], settings: Mapping[str, Any],
-                     device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
-    """Train ``arch`` from scratch under ``settings`` (``standalone_settings``) on ``device``
-    with ``threads`` torch threads (None: torch's default); return its task metrics on the
-    validation split (under their names) and the test split (``test_<name>``), the final
-    epoch's training ``loss_train``, ``epochs`` and ``train_s``."""
+                     threads: int | None = None) -> dict[str, Any]:
+    """Train ``arch`` from scratch under ``settings`` (``standalone_settings``) on their
+    ``device`` with ``threads`` torch threads (None: torch's default); return its task
+    metrics on the validation split (under their names) and the test split
+    (``test_<name>``), the final epoch's training ``loss_train``, ``epochs`` and
+    ``train_s``."""
     from raynas.config import TrainConfig
     from raynas.supernets import build_static
     from raynas.tasks import build_task, load_task_data, make_loader
@@ -119,6 +124,7 @@ def train_standalone(arch: Mapping[str, Any], settings: Mapping[str, Any],
     from raynas.training.optim import build_optimizer
 
     t0 = time.perf_counter()
+    device = settings.get("device", "cpu")
     if threads:
         torch.set_num_threads(threads)
     space = SearchSpace.from_dict(settings["space"])

@@ -102,8 +102,7 @@ def standalone_results(job: Job, picked: list[Picked]) -> tuple[list[dict], list
             f"{metric} {result[metric]:.4f} in {result['train_s']:.1f} s")
 
     gpu = cfg.train.use_gpu
-    train = functools.partial(train_standalone, settings=settings,
-                              device="cuda" if gpu else "cpu", threads=1)
+    train = functools.partial(train_standalone, settings=settings, threads=1)
     with job.ray("fidelity"):
         out = run_trials(train, [picked[i].arch.to_dict() for i in todo],
                          resources={"cpu": 1, "gpu": 1} if gpu else {"cpu": 1},

@@ -131,12 +131,14 @@ class BalancedMixture(SchemeSupernet):
 def balanced_mixture(space: SearchSpace, build: Callable[[], nn.Module], supernets: int = 4,
                      ema: float = 0.9, temperature: Sequence[float] = (1.0, 100.0),
                      tol: float = 1e-4, balanced: bool = True, max_archs: int = 10_000,
-                     seed: int = 0) -> BalancedMixture:
+                     seed: int | None = None) -> BalancedMixture:
     """``supernets``: K (the paper's M; 4 is its best); ``ema``: decay of the per-(arch,
     supernet) validation score; ``temperature``: [start, end] of the linear ramp over
     epochs; ``tol``: balancing threshold (KL of the supernet marginal to uniform);
     ``balanced``: false turns balancing off (the paper's ablation); ``max_archs``: the
-    largest space it enumerates; ``seed``: of the per-step supernet draws."""
+    largest space it enumerates; ``seed``: of the per-step supernet draws (None: drawn from
+    torch's generator, which the training seeds with the job's ``seed`` before building the
+    supernet, so every worker draws the same and another job seed draws otherwise)."""
     if not isinstance(supernets, int) or isinstance(supernets, bool) or supernets < 1:
         raise ConfigError(f"weights.options.supernets = {supernets!r}: must be an integer >= 1")
     if not 0 <= ema < 1:
@@ -152,6 +154,8 @@ def balanced_mixture(space: SearchSpace, build: Callable[[], nn.Module], superne
             f"{'infinitely many' if size is None else f'{size:,}'} subnets; this scheme keeps "
             f"a score per subnet and supernet, so it takes spaces of at most "
             f"weights.options.max_archs = {max_archs:,}")
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()))
     return BalancedMixture(build, space, supernets, float(ema),
                            (float(temperature[0]), float(temperature[1])), float(tol),
                            bool(balanced), int(seed))

@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 from scipy.stats import kendalltau, spearmanr
 
 from raynas.config import load_config
@@ -188,6 +189,10 @@ def test_cache_key_follows_what_matters(repo_root, tiny_space):
     for change in ("train.epochs=3", "fidelity.epochs=5", "seed=1", "train.lr=0.1",
                    "data.seed=2", "train.optimizer=adamw", "train.label_smoothing=0"):
         assert cache_key(arch, _settings(repo_root, change)) != base, change
+    # Another device or torch release computes other numbers from the same recipe.
+    assert cache_key(arch, {**_settings(repo_root), "device": "cuda"}) != base
+    assert cache_key(arch, {**_settings(repo_root), "torch": "0.0.0"}) != base
+    assert _settings(repo_root)["torch"] == torch.__version__.split("+")[0]
     # What only the supernet's training reads does not matter to a standalone one.
     for same in ("train.num_workers=1", "train.sampler=uniform train.distill=none",
                  "search.budget=5", "fidelity.subnets=3"):

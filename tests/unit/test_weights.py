@@ -249,6 +249,27 @@ def test_balanced_training_steps_only_the_drawn_supernet(repo_root):
     assert net.scores[row, drawn] == pytest.approx(0.9 + 0.1 * 0.5)
 
 
+def test_balanced_draws_follow_the_job_seed(repo_root):
+    """Without a ``seed`` option the draws come from the seed the training sets before it
+    builds the supernet: the same job seed draws the same supernets on every worker, another
+    draws others; an explicit seed overrides it."""
+    space = SearchSpace.load(repo_root / "search_spaces" / "resnet20_pool_tiny.yaml")
+
+    def draws(job_seed, **options):
+        torch.manual_seed(job_seed)
+        net = create_supernet(space, {"name": "balanced_mixture", "options": options})
+        net.start_epoch(0, 1)
+        picked = []
+        for step, arch in enumerate(list(space.enumerate()) * 4):
+            net.set_training_arch(arch, step)
+            picked.append(net.active)
+        return picked
+
+    assert draws(0) == draws(0)
+    assert draws(0) != draws(1)
+    assert draws(0, seed=7) == draws(1, seed=7)
+
+
 # ---- checkpoints --------------------------------------------------------------------------
 @pytest.mark.parametrize("scheme", ["mos_neuron", "balanced_mixture"])
 def test_checkpoint_round_trip_and_a_scheme_mismatch_is_refused(repo_root, tmp_path, scheme):
