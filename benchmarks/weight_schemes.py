@@ -22,6 +22,7 @@ resnet20_pool_tiny also the balanced mixture with 2 supernets and with 4 left un
    [min-max] of the per-round ratios.
 
     python benchmarks/weight_schemes.py [--seeds 3] [--epochs N] [--only cost|fidelity]
+        [--jobs JOB ...] [--schemes LABEL ...] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ ABLATIONS = {"resnet20_pool_tiny": {
     "balanced_mixture_unbalanced": ["weights.name=balanced_mixture",
                                     "weights.options.supernets=4",
                                     "weights.options.balanced=false"],
+    # Each of K supernets trains on about 1/K of the steps; the paper's CPU analogue (section
+    # 2.d) trains mixtures for twice the standalone epochs. Here K times the epochs: every
+    # supernet gets the steps the shared one gets (the standalone trainings stay at 15).
+    "balanced_mixture_4x_epochs": ["weights.name=balanced_mixture", "weights.options.supernets=4",
+                                   "train.epochs=60", "fidelity.epochs=15"],
 }}
 
 
@@ -145,9 +151,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override the jobs' epochs")
     ap.add_argument("--only", choices=("cost", "fidelity"))
     ap.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
+    labels = sorted({*SCHEMES, *(k for per in ABLATIONS.values() for k in per)})
+    ap.add_argument("--schemes", nargs="+", choices=labels,
+                    help="fidelity of these only; the other schemes' runs of an earlier "
+                         "result are kept (default: all)")
+    ap.add_argument("--cache", type=Path, help="standalone cache to reuse (default: a new one)")
     args = ap.parse_args()
-    previous = RESULTS / f"{NAME}.json"  # --only keeps the other half of an earlier run
-    kept = {k: v for k, v in (json.loads(previous.read_text()) if previous.exists() else {}).items()
+    previous = RESULTS / f"{NAME}.json"  # --only / --schemes keep the rest of an earlier run
+    before = json.loads(previous.read_text()) if previous.exists() else {}
+    kept = {k: v for k, v in before.items()
             if args.only and k in ({"fidelity", "summary"} if args.only == "cost" else {"cost"})}
     result: dict = {"machine": machine_info(threads=1), "epochs": args.epochs,
                     "seeds": args.seeds, "schemes": SCHEMES, "ablations": ABLATIONS, **kept}
@@ -160,11 +172,16 @@ def main() -> None:
                       f"[{q['min']:.2f}-{q['max']:.2f}]  params {r['params']:,}", flush=True)
     if args.only != "cost":
         work = Path(tempfile.mkdtemp(prefix="raynas-weights-"))
-        cache = work / "standalone-cache"
+        cache = args.cache or work / "standalone-cache"
         runs: dict = {}
+        if args.schemes:  # an earlier result's other runs stay
+            runs = {job: {s: rs for s, rs in per.items() if s not in args.schemes}
+                    for job, per in before.get("fidelity", {}).items()}
         for job in args.jobs:
             for seed in range(args.seeds):
                 for scheme, overrides in {**SCHEMES, **ABLATIONS.get(job, {})}.items():
+                    if args.schemes and scheme not in args.schemes:
+                        continue
                     r = fidelity_run(job, scheme, overrides, seed, cache, args.epochs, work)
                     runs.setdefault(job, {}).setdefault(scheme, []).append(r)
                     print(f"fidelity {job} {scheme} seed {seed}: " + json.dumps(
