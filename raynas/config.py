@@ -102,7 +102,8 @@ class TrainConfig(_Section):
         "SPREAD puts them on different nodes where it can")
     sampler: ComponentField = Field(
         Component(name="sandwich"), description="which subnets train each step: sandwich, "
-        "uniform, largest_first, or a user's under raynas.samplers")
+        "uniform, largest_first, bestup, worstup, complexity_aware, performance_aware, or a "
+        "user's under raynas.samplers")
     num_subnets: int = Field(4, ge=1, le=16, description="subnets per step (sandwich: "
                              "largest + smallest + the rest random)")
     distill: ComponentField = Field(
@@ -110,6 +111,9 @@ class TrainConfig(_Section):
         "subnet of each step: kl (option: temperature) or none")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)
+    grad_cosine: bool = Field(False, description="log grad_cosine: the cosine similarity of "
+                              "consecutive steps' gradients, averaged per epoch (a copy of "
+                              "the gradient per worker)")
     max_failures: int = Field(2, ge=0, description="worker failures survived by restarting "
                               "from the latest checkpoint")
     checkpoints_to_keep: int = Field(2, ge=1)
@@ -401,7 +405,7 @@ def resolve_path(cfg: JobConfig, value: str) -> Path:
 
 def _check_components(cfg: JobConfig, source: str) -> None:
     """Names and options of the training components, and pairs that cannot work."""
-    from raynas.registry import check_options
+    from raynas.registry import check_options, option_names
     from raynas.tasks import DATASETS
     from raynas.training.losses import DISTILLERS
     from raynas.training.optim import OPTIMIZERS
@@ -429,9 +433,13 @@ def _check_components(cfg: JobConfig, source: str) -> None:
                       ("space", "build"))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    if distiller.needs_teacher and not sampler.teacher_first and t.num_subnets > 1:
+    first = (sampler.teaches_first(t.sampler.options) if hasattr(sampler, "teaches_first")
+             else sampler.teacher_first)
+    if distiller.needs_teacher and not first and t.num_subnets > 1:
         teachers = [n for n in SAMPLERS.names() if SAMPLERS.get(n).teacher_first]
+        modes_hint = (", 'max' first in train.sampler.options.modes"
+                      if "modes" in (option_names(sampler) or ()) else "")
         raise ConfigError(
             f"{source}: train.distill = {t.distill.name!r} distils from the largest subnet, "
             f"but train.sampler = {t.sampler.name!r} does not train it first; use a sampler "
-            f"that does ({', '.join(teachers)}) or train.distill=none")
+            f"that does ({', '.join(teachers)}){modes_hint} or train.distill=none")

@@ -39,6 +39,7 @@ from raynas.space.registry import load_space
 from raynas.supernets import check_space, create_supernet
 from raynas.tasks import Task, build_task
 from raynas.tracking import Tracker, flatten
+from raynas.training.samplers import SAMPLERS
 
 STATE_FILE = "job-state.json"
 
@@ -52,6 +53,9 @@ class Job:
         check_space(self.space)  # unknown family or unread dims: clear error before any work
         with torch.device("meta"):  # the weight scheme's options, checked without any memory
             create_supernet(self.space, cfg.weights.model_dump())
+        # The sampler's option values, checked before any work (its tables build lazily).
+        SAMPLERS.create(cfg.train.sampler.name, cfg.train.sampler.options, space=self.space,
+                        num_subnets=cfg.train.num_subnets, seed=cfg.seed)
         self.task: Task = build_task(self.space, cfg.task.model_dump() if cfg.task else None)
         if cfg.data.path and not resolve_path(cfg, cfg.data.path).exists():
             raise ConfigError(f"data.path = {cfg.data.path!r}: does not exist")

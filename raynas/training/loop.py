@@ -27,9 +27,10 @@ from raynas.config import TrainConfig
 from raynas.nn import recalibrate_batchnorm
 from raynas.space import Arch, SearchSpace
 from raynas.tasks import Batch, Task, load_task_data, make_loader, sample_batches, to_device
+from raynas.training.diagnostics import GradientCosine
 from raynas.training.losses import DISTILLERS
 from raynas.training.optim import build_optimizer, lr_at
-from raynas.training.samplers import SAMPLERS
+from raynas.training.samplers import SAMPLERS, DrawLog, Scorer, mean_over_workers
 from raynas.weights import SchemeSupernet, Score, normalise, set_training_arch
 
 # ``hook(step, losses)`` after every optimizer step (progress, logging, schedules).
@@ -81,6 +82,21 @@ def validation_scorer(task: Task, val, batch_size: int, seed: int,
     return for_step
 
 
+def candidate_scorer(net, task: Task, batch: Batch, cfg: TrainConfig) -> Scorer:
+    """``score(archs)`` for samplers that pick by loss (``needs_score``): each subnet's label
+    loss on ``batch``, without gradients, in train mode (batch statistics), averaged over the
+    workers so that every worker picks the same subnets."""
+    def score(archs: Sequence[Arch]) -> list[float]:
+        losses = []
+        with torch.no_grad():
+            for arch in archs:
+                net.set_arch(arch)
+                out = net(*task.inputs(batch))
+                losses.append(float(task.loss(out, batch, cfg.label_smoothing)))
+        return mean_over_workers(losses)
+    return score
+
+
 def train_step(net, task: Task, optimizer, sampler, distiller, batch: Batch, step: int,
                cfg: TrainConfig, world_size: int, score: Score | None = None
                ) -> dict[str, float]:
@@ -92,7 +108,8 @@ def train_step(net, task: Task, optimizer, sampler, distiller, batch: Batch, ste
     distil = getattr(distiller, "needs_teacher", False)
     mask = task.distill_mask(batch) if distil else None
     inputs = task.inputs(batch)
-    archs = sampler.sample(step)
+    archs = (sampler.sample(step, score=candidate_scorer(net, task, batch, cfg))
+             if getattr(sampler, "needs_score", False) else sampler.sample(step))
     per_subnet: list[float] = []
     for i, arch in enumerate(archs):
         set_training_arch(net, arch, step)
@@ -130,6 +147,8 @@ def train_epoch(net, task: Task, batches: Iterable[Batch], optimizer, sampler, d
     step's ``Score`` (see ``validation_scorer``) for weight schemes that use one."""
     if isinstance(net, SchemeSupernet):
         net.start_epoch(epoch, cfg.epochs)
+    if hasattr(sampler, "start_epoch"):
+        sampler.start_epoch(epoch, cfg.epochs)
     sums: dict[str, float] = {}
     n = 0
     for s, batch in enumerate(batches):
@@ -195,8 +214,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                          rank=rank, world=world, drop_last=len(data.train) >= cfg.batch_size
                          * world)
     steps_per_epoch = max(1, len(loader))
-    sampler = SAMPLERS.create(cfg.sampler.name, cfg.sampler.options, space=space,
-                              num_subnets=cfg.num_subnets, seed=config["seed"])
+    # DrawLog: a digest of the draws, compared across workers after each epoch.
+    sampler = DrawLog(SAMPLERS.create(cfg.sampler.name, cfg.sampler.options, space=space,
+                                      num_subnets=cfg.num_subnets, seed=config["seed"]))
     distiller = DISTILLERS.create(cfg.distill.name, cfg.distill.options)
 
     start_epoch = 0
@@ -231,6 +251,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val_batches = list(make_loader(data.val, 512)) if rank == 0 else []
     primary = task.primary.name
     scorer = validation_scorer(task, data.val, cfg.batch_size, config["seed"], device)
+    probe = (GradientCosine([p for p in net.parameters() if p.requires_grad])
+             if cfg.grad_cosine else None)
     net.train()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -238,9 +260,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loader.sampler.set_epoch(epoch)
         metrics: dict[str, Any] = train_epoch(
             net, task, loader, optimizer, sampler, distiller, cfg, epoch, steps_per_epoch,
-            world, device, scorer=scorer)
+            world, device, hooks=[probe] if probe else (), scorer=scorer)
         if isinstance(net, SchemeSupernet):
             metrics.update(net.metrics())
+        metrics.update(sampler.metrics())
+        if probe:
+            metrics.update(probe.metrics())
+        if world > 1:  # every worker must have trained the same subnets at every step
+            digests: list[Any] = [None] * world
+            dist.all_gather_object(digests, sampler.digest())
+            metrics["sampler.workers_agree"] = float(len(set(digests)) == 1)
+            if rank == 0 and len(set(digests)) > 1:
+                print(f"[raynas] train: WARNING: the workers drew different subnets in epoch "
+                      f"{epoch + 1} (train.sampler = {cfg.sampler.name!r} is not deterministic "
+                      "across workers)", flush=True)
         metrics.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"],
                        epoch_time_s=time.perf_counter() - t0, **attempt_info)
         attempt_info = {}

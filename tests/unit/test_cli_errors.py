@@ -78,9 +78,22 @@ def test_wrong_type(cli, quickstart_job):
     ("search.budget=0", "search.budget = 0"),
     ("data.val_fraction=0.7", "data.val_fraction = 0.7"),
     ("search.searcher=cmaes", "search.searcher = 'cmaes'"),
+    ("train.sampler.name=complexity_aware", "'max' first in train.sampler.options.modes"),
 ])
 def test_out_of_range(cli, quickstart_job, override, needle):
     rc, _, err = cli("run", quickstart_job, override)
+    assert_one_error_line(rc, err, needle)
+
+
+@pytest.mark.parametrize("options, needle", [
+    ("{levels: 0}", "train.sampler.options.levels = 0: must be an integer >= 1"),
+    ("{modes: [max, uniform]}", "train.sampler.options.modes = ['max', 'uniform']: must list "
+     "one mode per subnet (train.num_subnets = 4)"),
+    ("{p_bank: 2}", "train.sampler.options.p_bank = 2: must be a number in [0, 1]"),
+])
+def test_bad_sampler_option_value(cli, quickstart_job, options, needle):
+    rc, _, err = cli("run", quickstart_job, "train.distill=none",
+                     f"train.sampler={{name: performance_aware, options: {options}}}")
     assert_one_error_line(rc, err, needle)
 
 
