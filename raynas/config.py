@@ -108,7 +108,8 @@ class TrainConfig(_Section):
                              "largest + smallest + the rest random)")
     distill: ComponentField = Field(
         Component(name="kl"), description="in-place distillation from the first (largest) "
-        "subnet of each step: kl (option: temperature) or none")
+        "subnet of each step: kl (option: temperature), alpha_divergence (alpha_min, "
+        "alpha_max, iw_clip; AlphaNet's adaptive form) or none")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)
     grad_cosine: bool = Field(False, description="log grad_cosine: the cosine similarity of "
@@ -426,6 +427,7 @@ def _check_components(cfg: JobConfig, source: str) -> None:
         distiller = DISTILLERS.get(t.distill.name)
         check_options("train.distill.options", t.distill.name, "distillation loss",
                       distiller, t.distill.options)
+        DISTILLERS.create(t.distill.name, t.distill.options)  # checks the options' values
         check_options("train.optimizer.options", t.optimizer.name, "optimizer",
                       OPTIMIZERS.get(t.optimizer.name), t.optimizer.options, ("groups", "lr"))
         check_options("weights.options", cfg.weights.name, "weight scheme",
