@@ -90,9 +90,16 @@ class TrainConfig(_Section):
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(5e-5, ge=0)
     optimizer: ComponentField = Field(
-        Component(name="sgd"), description="sgd (options: momentum, nesterov) or adamw "
-        "(beta1, beta2, eps), or a user's under raynas.optimizers")
-    warmup_epochs: int = Field(1, ge=0)
+        Component(name="sgd"), description="sgd (options: momentum, nesterov), adamw "
+        "(beta1, beta2, eps), scaled_adam (icefall's ScaledAdam: beta1, beta2, eps, "
+        "scalar_lr_scale, param_min_rms, param_max_rms, scalar_max, size_update_period, "
+        "clipping_scale, clipping_update_period), or a user's under raynas.optimizers")
+    schedule: ComponentField = Field(
+        Component(name="warmup_cosine"), description="learning rate per step: "
+        "warmup_cosine (train.warmup_epochs, then cosine to 0), eden (icefall's, for "
+        "scaled_adam: lr_batches, lr_epochs, warmup_batches, warmup_start), or a user's "
+        "under raynas.schedules")
+    warmup_epochs: int = Field(1, ge=0, description="warm-up of warmup_cosine")
     num_workers: int = Field(2, ge=1, description="Ray Train data-parallel workers")
     cpus_per_worker: float = Field(1, gt=0)
     use_gpu: bool = Field(False, description="one GPU per worker: model and batches on it, "
@@ -404,12 +411,27 @@ def resolve_path(cfg: JobConfig, value: str) -> Path:
     return Path(cfg.base_dir) / p
 
 
+def _check_optimizer_values(t: TrainConfig) -> None:
+    """Build the optimizer over one dummy parameter: its factory checks its options' values
+    (a ConfigError now, not a failure in every Ray Train worker later)."""
+    import torch
+
+    from raynas.training.optim import OPTIMIZERS
+
+    dummy = [{"params": [torch.zeros(2, requires_grad=True)], "weight_decay": t.weight_decay}]
+    try:
+        OPTIMIZERS.create(t.optimizer.name, t.optimizer.options, groups=dummy, lr=t.lr)
+    except (TypeError, ValueError) as exc:  # torch's own checks (e.g. a negative momentum)
+        raise ConfigError(f"train.optimizer.options = {describe_value(t.optimizer.options)}: "
+                          f"{exc}") from None
+
+
 def _check_components(cfg: JobConfig, source: str) -> None:
     """Names and options of the training components, and pairs that cannot work."""
     from raynas.registry import check_options, option_names
     from raynas.tasks import DATASETS
     from raynas.training.losses import DISTILLERS
-    from raynas.training.optim import OPTIMIZERS
+    from raynas.training.optim import OPTIMIZERS, SCHEDULES
     from raynas.training.samplers import SAMPLERS
     from raynas.weights import WEIGHT_SCHEMES
 
@@ -430,6 +452,8 @@ def _check_components(cfg: JobConfig, source: str) -> None:
         DISTILLERS.create(t.distill.name, t.distill.options)  # checks the options' values
         check_options("train.optimizer.options", t.optimizer.name, "optimizer",
                       OPTIMIZERS.get(t.optimizer.name), t.optimizer.options, ("groups", "lr"))
+        _check_optimizer_values(t)
+        SCHEDULES.create(t.schedule.name, t.schedule.options, train=t)  # checks the values
         check_options("weights.options", cfg.weights.name, "weight scheme",
                       WEIGHT_SCHEMES.get(cfg.weights.name), cfg.weights.options,
                       ("space", "build"))

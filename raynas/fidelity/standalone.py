@@ -2,7 +2,7 @@
 on the labels with the job's training recipe; and the cache of its results.
 
 The recipe is the supernet's (``train``: epochs or ``fidelity.epochs``, batch size per
-worker, optimizer, learning rate, weight decay, warm-up and cosine schedule, label smoothing,
+worker, optimizer, learning rate, weight decay, learning-rate schedule, label smoothing,
 gradient clipping), run by the same ``train_epoch`` on one worker, with no distillation: the
 subnet is the only model. Pure torch: Ray Tune runs ``train_standalone`` as a trial (see
 ``raynas.search.trials``), and a test may call it directly.
@@ -28,7 +28,10 @@ RECIPE = 1
 
 # The train settings a standalone result depends on (not workers, sampler or distillation).
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "warmup_epochs",
-              "label_smoothing", "grad_clip")
+              "label_smoothing", "grad_clip", "schedule")
+# Keys added after results were cached: left out of the settings at their default, so the
+# cache keys of jobs that do not set them stay as they were.
+_LATER_DEFAULTS = {"schedule": {"name": "warmup_cosine", "options": {}}}
 
 
 def standalone_settings(cfg, space: SearchSpace) -> dict[str, Any]:
@@ -41,7 +44,8 @@ def standalone_settings(cfg, space: SearchSpace) -> dict[str, Any]:
     data = cfg.data.model_dump(mode="json")
     if data.get("path"):  # absolute: the trials may run in another directory
         data["path"] = str(resolve_path(cfg, data["path"]).resolve())
-    train = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k in TRAIN_KEYS}
+    train = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k in TRAIN_KEYS
+             and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
     train["epochs"] = cfg.fidelity.epochs or cfg.train.epochs
     return {
         "recipe": RECIPE,

@@ -29,7 +29,7 @@ from raynas.space import Arch, SearchSpace
 from raynas.tasks import Batch, Task, load_task_data, make_loader, sample_batches, to_device
 from raynas.training.diagnostics import GradientCosine
 from raynas.training.losses import DISTILLERS
-from raynas.training.optim import build_optimizer, lr_at
+from raynas.training.optim import build_optimizer, build_schedule
 from raynas.training.samplers import SAMPLERS, DrawLog, Scorer, mean_over_workers
 from raynas.weights import SchemeSupernet, Score, normalise, set_training_arch
 
@@ -142,13 +142,17 @@ def train_step(net, task: Task, optimizer, sampler, distiller, batch: Batch, ste
 def train_epoch(net, task: Task, batches: Iterable[Batch], optimizer, sampler, distiller,
                 cfg: TrainConfig, epoch: int, steps_per_epoch: int, world: int = 1,
                 device: torch.device | str = "cpu", hooks: Sequence[Hook] = (),
-                scorer: Callable[[int], Score] | None = None) -> dict[str, float]:
+                scorer: Callable[[int], Score] | None = None,
+                schedule: Callable[[int, int, int], float] | None = None) -> dict[str, float]:
     """One pass over ``batches``; the mean of each step loss. ``scorer(step)``: the
-    step's ``Score`` (see ``validation_scorer``) for weight schemes that use one."""
+    step's ``Score`` (see ``validation_scorer``) for weight schemes that use one.
+    ``schedule(step, epoch, steps_per_epoch)``: the learning rate of each step, written into
+    every parameter group (None: the job's ``train.schedule``)."""
     if isinstance(net, SchemeSupernet):
         net.start_epoch(epoch, cfg.epochs)
     if hasattr(sampler, "start_epoch"):
         sampler.start_epoch(epoch, cfg.epochs)
+    schedule = schedule or build_schedule(cfg)
     sums: dict[str, float] = {}
     n = 0
     for s, batch in enumerate(batches):
@@ -156,7 +160,7 @@ def train_epoch(net, task: Task, batches: Iterable[Batch], optimizer, sampler, d
             break
         step = epoch * steps_per_epoch + s
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step, steps_per_epoch)
+            group["lr"] = schedule(step, epoch, steps_per_epoch)
         losses = train_step(net, task, optimizer, sampler, distiller, to_device(batch, device),
                             step, cfg, world, scorer(step) if scorer else None)
         for hook in hooks:

@@ -187,7 +187,8 @@ def test_cache_key_follows_what_matters(repo_root, tiny_space):
     assert base == cache_key(arch, _settings(repo_root))
     assert base != cache_key(tiny_space.largest(), _settings(repo_root))
     for change in ("train.epochs=3", "fidelity.epochs=5", "seed=1", "train.lr=0.1",
-                   "data.seed=2", "train.optimizer=adamw", "train.label_smoothing=0"):
+                   "data.seed=2", "train.optimizer=adamw", "train.label_smoothing=0",
+                   "train.schedule=eden"):
         assert cache_key(arch, _settings(repo_root, change)) != base, change
     # Another device or torch release computes other numbers from the same recipe.
     assert cache_key(arch, {**_settings(repo_root), "device": "cuda"}) != base
@@ -195,7 +196,7 @@ def test_cache_key_follows_what_matters(repo_root, tiny_space):
     assert _settings(repo_root)["torch"] == torch.__version__.split("+")[0]
     # What only the supernet's training reads does not matter to a standalone one.
     for same in ("train.num_workers=1", "train.sampler=uniform train.distill=none",
-                 "search.budget=5", "fidelity.subnets=3"):
+                 "search.budget=5", "fidelity.subnets=3", "train.schedule=warmup_cosine"):
         assert cache_key(arch, _settings(repo_root, *same.split())) == base, same
 
 
