@@ -117,8 +117,14 @@ class TrainConfig(_Section):
         Component(name="kl"), description="in-place distillation from the first (largest) "
         "subnet of each step: kl (option: temperature), alpha_divergence (alpha_min, "
         "alpha_max, iw_clip; AlphaNet's adaptive form) or none")
+    dropout: ComponentField = Field(
+        Component(name="fixed"), description="dropout rate per subnet: fixed (option p, "
+        "default 0: none) or adaptive (p_max x the subnet's size / the largest's; options "
+        "p_max, measure: params or flops), or a user's under raynas.dropouts")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    grad_clip: float | None = Field(1.0, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0, description="clip every gradient element to "
+                                    "[-grad_clip, grad_clip] after the workers' average "
+                                    "(null: none)")
     grad_cosine: bool = Field(False, description="log grad_cosine: the cosine similarity of "
                               "consecutive steps' gradients, averaged per epoch (a copy of "
                               "the gradient per worker)")
@@ -430,6 +436,7 @@ def _check_components(cfg: JobConfig, source: str) -> None:
     """Names and options of the training components, and pairs that cannot work."""
     from raynas.registry import check_options, option_names
     from raynas.tasks import DATASETS
+    from raynas.training.dropout import DROPOUTS
     from raynas.training.losses import DISTILLERS
     from raynas.training.optim import OPTIMIZERS, SCHEDULES
     from raynas.training.samplers import SAMPLERS
@@ -453,6 +460,7 @@ def _check_components(cfg: JobConfig, source: str) -> None:
         check_options("train.optimizer.options", t.optimizer.name, "optimizer",
                       OPTIMIZERS.get(t.optimizer.name), t.optimizer.options, ("groups", "lr"))
         _check_optimizer_values(t)
+        DROPOUTS.create(t.dropout.name, t.dropout.options, space=None)  # checks the values
         SCHEDULES.create(t.schedule.name, t.schedule.options, train=t)  # checks the values
         check_options("weights.options", cfg.weights.name, "weight scheme",
                       WEIGHT_SCHEMES.get(cfg.weights.name), cfg.weights.options,

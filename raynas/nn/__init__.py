@@ -2,7 +2,8 @@
 
 ``elastic``: linear, conv, depthwise conv, embedding, batch norm; ``attention``: layer norm,
 multi-head self-attention, MLP, the pre-norm transformer block, position embeddings;
-``mbconv``: inverted residual blocks with squeeze-excite; ``activations``: by name.
+``mbconv``: inverted residual blocks with squeeze-excite; ``activations``: by name;
+``dropout``: the dropout whose rate training sets per subnet.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from raynas.nn.attention import (
     SelfAttention,
     TransformerBlock,
 )
+from raynas.nn.dropout import SubnetDropout, dropout_rates, set_dropout
 from raynas.nn.elastic import (
     ElasticBatchNorm2d,
     ElasticConv1d,
@@ -58,6 +60,9 @@ __all__ = [
     "RelativePositionBias",
     "SelfAttention",
     "SqueezeExcite",
+    "SubnetDropout",
     "TransformerBlock",
+    "dropout_rates",
     "recalibrate_batchnorm",
+    "set_dropout",
 ]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raynas.errors import ConfigError
-from raynas.nn import ElasticBatchNorm2d, ElasticConv2d, ElasticLinear
+from raynas.nn import ElasticBatchNorm2d, ElasticConv2d, ElasticLinear, SubnetDropout
 from raynas.space import Arch, Choice, IntRange, PerLayer, SearchSpace
 from raynas.supernets import Family, Op, register_family
 
@@ -57,13 +57,14 @@ def _stage_dims(space: SearchSpace, i: int) -> tuple[IntRange | Choice, Choice, 
     return depth, width, kernel
 
 
-def _forward(stem: nn.Module, stages: nn.ModuleList, head: nn.Module, depths, x):
+def _forward(stem: nn.Module, stages: nn.ModuleList, head: nn.Module, drop: nn.Module,
+             depths, x):
     x = stem(x)
     for stage, depth in zip(stages, depths):
         for j in range(depth):
             y = stage[j](x)
             x = y if j == 0 else x + y
-    return head(x.mean(dim=(2, 3)))
+    return head(drop(x.mean(dim=(2, 3))))
 
 
 class ConvBNReLU(nn.Module):
@@ -111,6 +112,7 @@ class CNNSupernet(nn.Module):
             self.stages.append(nn.ModuleList(layers))
             cin = cout
         self.head = ElasticLinear(cin, m["num_classes"])
+        self.drop = SubnetDropout()  # on the pooled features (train.dropout sets the rate)
         self.set_arch(space.largest())
 
     def set_arch(self, arch: Arch) -> None:
@@ -127,7 +129,7 @@ class CNNSupernet(nn.Module):
         self.arch = arch
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return _forward(self.stem, self.stages, self.head, self.depths, images)
+        return _forward(self.stem, self.stages, self.head, self.drop, self.depths, images)
 
 
 class StaticCNN(nn.Module):

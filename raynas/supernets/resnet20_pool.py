@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raynas.errors import ConfigError
-from raynas.nn import ElasticConv2d, ElasticLinear
+from raynas.nn import ElasticConv2d, ElasticLinear, SubnetDropout
 from raynas.space import Arch, Choice, SearchSpace
 from raynas.supernets import Family, Op, register_family
 from raynas.supernets.cnn import ConvBNReLU, PoolLinear
@@ -168,10 +168,11 @@ def _layers(model: dict[str, Any], elastic: bool = False) -> nn.ModuleList:
 
 
 def _run(layers: nn.ModuleList, fc: nn.Module, pools: tuple[bool, ...],
-         x: torch.Tensor) -> torch.Tensor:
+         x: torch.Tensor, drop: nn.Module | None = None) -> torch.Tensor:
     for layer, pool in zip(layers, pools):
         x = layer(F.max_pool2d(x, 2, ceil_mode=True) if pool else x)
-    return fc(x.mean(dim=(2, 3)))
+    x = x.mean(dim=(2, 3))
+    return fc(drop(x) if drop is not None else x)
 
 
 def _apply(layers: nn.ModuleList, steps) -> tuple[bool, ...]:
@@ -189,6 +190,7 @@ class ResNetPoolSupernet(nn.Module):
         self.model = _settings(space)
         self.layers = _layers(self.model, elastic=True)
         self.fc = ElasticLinear(self.model["channels"][-1], self.model["num_classes"])
+        self.drop = SubnetDropout()  # on the pooled features (train.dropout sets the rate)
         self.set_arch(space.largest())
 
     def set_arch(self, arch: Arch) -> None:
@@ -196,7 +198,7 @@ class ResNetPoolSupernet(nn.Module):
         self.arch = arch
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return _run(self.layers, self.fc, self.pools, images)
+        return _run(self.layers, self.fc, self.pools, images, self.drop)
 
 
 class StaticResNetPool(nn.Module):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raynas.errors import ConfigError
-from raynas.nn import ElasticConv1d, ElasticEmbedding, ElasticLinear
+from raynas.nn import ElasticConv1d, ElasticEmbedding, ElasticLinear, SubnetDropout
 from raynas.space import Arch, Choice, PerLayer, SearchSpace
 from raynas.supernets import Family, register_family
 
@@ -33,13 +33,15 @@ def _mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
     return (steps.unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(1).to(torch.float32)
 
 
-def _run(embed: nn.Module, layers, head: nn.Module, depth: int, tokens, lengths):
+def _run(embed: nn.Module, layers, head: nn.Module, depth: int, tokens, lengths,
+         drop: nn.Module | None = None):
     mask = _mask(lengths, tokens.shape[1])
     x = embed(tokens).transpose(1, 2) * mask  # (n, channels, t)
     for j in range(depth):
         y = F.relu(layers[j](x)) * mask
         x = y if j == 0 else x + y
-    return head(x.transpose(1, 2))  # (n, t, classes)
+    x = x.transpose(1, 2)
+    return head(drop(x) if drop is not None else x)  # (n, t, classes)
 
 
 def _check(space: SearchSpace) -> None:
@@ -76,6 +78,7 @@ class SeqConvSupernet(nn.Module):
             ElasticConv1d(embed if j == 0 else width, width, kmax)
             for j in range(space.dim("depth").largest()))
         self.head = ElasticLinear(width, m["num_classes"])
+        self.drop = SubnetDropout()  # on each token's features (train.dropout sets the rate)
         self.set_arch(space.largest())
 
     def set_arch(self, arch: Arch) -> None:
@@ -89,7 +92,8 @@ class SeqConvSupernet(nn.Module):
         self.arch = arch
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return _run(self.embed, self.layers, self.head, self.depth, tokens, lengths)
+        return _run(self.embed, self.layers, self.head, self.depth, tokens, lengths,
+                    self.drop)
 
 
 class StaticSeqConv(nn.Module):

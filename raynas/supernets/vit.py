@@ -59,6 +59,7 @@ from raynas.nn import (
     ElasticTransformerBlock,
     MBConv,
     PositionEmbedding,
+    SubnetDropout,
     TransformerBlock,
 )
 from raynas.space import Arch, SearchSpace
@@ -211,11 +212,14 @@ class ElasticMBv3Head(nn.Module):
         self.fc2.configure(wide, s.head_hidden)
 
 
-def _head(head, x: torch.Tensor, act) -> torch.Tensor:
+def _head(head, x: torch.Tensor, act, drop: nn.Module | None = None) -> torch.Tensor:
+    """The head; ``drop`` (the supernet's ``SubnetDropout``) acts on the classifier's input."""
     if isinstance(head, (LinearHead, ElasticLinearHead)):
-        return head.fc(head.norm(x).mean(dim=1))
+        x = head.norm(x).mean(dim=1)
+        return head.fc(drop(x) if drop is not None else x)
     y = act(head.bn(head.fc1(x).transpose(1, 2))).mean(dim=2)
-    return head.classifier(act(head.fc2(y)))
+    y = act(head.fc2(y))
+    return head.classifier(drop(y) if drop is not None else y)
 
 
 # ---- the family ----------------------------------------------------------------------------------
@@ -240,6 +244,7 @@ class ViTSupernet(nn.Module):
         self.t_stages = nn.ModuleList(ElasticTransformerStage(s, t) for t in top.t_stages)
         self.head = (ElasticLinearHead(top.last, s.num_classes) if s.head == "linear"
                      else ElasticMBv3Head(s, top.last))
+        self.drop = SubnetDropout()  # on the classifier's input (train.dropout sets the rate)
         self.set_arch(space.largest())
 
     def set_arch(self, arch: Arch) -> None:
@@ -334,7 +339,7 @@ def _forward(m: ViTSupernet, images: torch.Tensor, depths) -> torch.Tensor:
             x = stage[j](x)
     for i, (stage, depth) in enumerate(zip(m.t_stages, t_depths)):
         x = _stage(stage, x, depth, tokens_in=i > 0)
-    return _head(m.head, x, m.act)
+    return _head(m.head, x, m.act, m.drop)
 
 
 def _ops(model: dict[str, Any], arch: Arch) -> list[Op]:

@@ -24,10 +24,12 @@ from torch import nn
 
 from raynas.checkpoint import load_checkpoint, save_checkpoint
 from raynas.config import TrainConfig
-from raynas.nn import recalibrate_batchnorm
+from raynas.errors import ConfigError
+from raynas.nn import dropout_rates, recalibrate_batchnorm, set_dropout
 from raynas.space import Arch, SearchSpace
 from raynas.tasks import Batch, Task, load_task_data, make_loader, sample_batches, to_device
 from raynas.training.diagnostics import GradientCosine
+from raynas.training.dropout import DROPOUTS
 from raynas.training.losses import DISTILLERS
 from raynas.training.optim import build_optimizer, build_schedule
 from raynas.training.samplers import SAMPLERS, DrawLog, Scorer, mean_over_workers
@@ -98,12 +100,15 @@ def candidate_scorer(net, task: Task, batch: Batch, cfg: TrainConfig) -> Scorer:
 
 
 def train_step(net, task: Task, optimizer, sampler, distiller, batch: Batch, step: int,
-               cfg: TrainConfig, world_size: int, score: Score | None = None
-               ) -> dict[str, float]:
+               cfg: TrainConfig, world_size: int, score: Score | None = None,
+               dropout=None) -> dict[str, float]:
     """One optimizer step over the sampler's subnets; returns the first and last subnets'
     losses (``loss_largest`` only where the sampler trains the largest first). ``score``
-    rates a subnet on validation data for a weight scheme that learns from it."""
+    rates a subnet on validation data for a weight scheme that learns from it. ``dropout``
+    (a ``train.dropout`` policy) sets each subnet's dropout rate before its forward pass;
+    the rate is back at 0 after the step (validation scoring runs without dropout)."""
     optimizer.zero_grad(set_to_none=True)
+    drop = dropout is not None and getattr(dropout, "active", True)
     teacher = None
     distil = getattr(distiller, "needs_teacher", False)
     mask = task.distill_mask(batch) if distil else None
@@ -113,6 +118,8 @@ def train_step(net, task: Task, optimizer, sampler, distiller, batch: Batch, ste
     per_subnet: list[float] = []
     for i, arch in enumerate(archs):
         set_training_arch(net, arch, step)
+        if drop:
+            set_dropout(net, dropout.rate(arch))
         out = net(*inputs)
         if teacher is None:
             loss = task.loss(out, batch, cfg.label_smoothing)
@@ -122,6 +129,8 @@ def train_step(net, task: Task, optimizer, sampler, distiller, batch: Batch, ste
         if i == 0 and distil:
             teacher = task.distill_target(out)
         per_subnet.append(float(loss.detach()))
+    if drop:
+        set_dropout(net, 0.0)
     params = [p for p in net.parameters() if p.requires_grad]
     if world_size > 1:
         average_gradients(params, world_size)
@@ -143,11 +152,13 @@ def train_epoch(net, task: Task, batches: Iterable[Batch], optimizer, sampler, d
                 cfg: TrainConfig, epoch: int, steps_per_epoch: int, world: int = 1,
                 device: torch.device | str = "cpu", hooks: Sequence[Hook] = (),
                 scorer: Callable[[int], Score] | None = None,
-                schedule: Callable[[int, int, int], float] | None = None) -> dict[str, float]:
+                schedule: Callable[[int, int, int], float] | None = None,
+                dropout=None) -> dict[str, float]:
     """One pass over ``batches``; the mean of each step loss. ``scorer(step)``: the
     step's ``Score`` (see ``validation_scorer``) for weight schemes that use one.
     ``schedule(step, epoch, steps_per_epoch)``: the learning rate of each step, written into
-    every parameter group (None: the job's ``train.schedule``)."""
+    every parameter group (None: the job's ``train.schedule``). ``dropout``: the
+    ``train.dropout`` policy (None: no dropout)."""
     if isinstance(net, SchemeSupernet):
         net.start_epoch(epoch, cfg.epochs)
     if hasattr(sampler, "start_epoch"):
@@ -162,7 +173,7 @@ def train_epoch(net, task: Task, batches: Iterable[Batch], optimizer, sampler, d
         for group in optimizer.param_groups:
             group["lr"] = schedule(step, epoch, steps_per_epoch)
         losses = train_step(net, task, optimizer, sampler, distiller, to_device(batch, device),
-                            step, cfg, world, scorer(step) if scorer else None)
+                            step, cfg, world, scorer(step) if scorer else None, dropout)
         for hook in hooks:
             hook(step, losses)
         for k, v in losses.items():
@@ -222,6 +233,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     sampler = DrawLog(SAMPLERS.create(cfg.sampler.name, cfg.sampler.options, space=space,
                                       num_subnets=cfg.num_subnets, seed=config["seed"]))
     distiller = DISTILLERS.create(cfg.distill.name, cfg.distill.options)
+    dropout = DROPOUTS.create(cfg.dropout.name, cfg.dropout.options, space=space)
+    if getattr(dropout, "active", True) and not dropout_rates(net):
+        raise ConfigError(f"train.dropout = {cfg.dropout.name!r}: family {space.family!r} "
+                          "has no dropout site (a raynas.nn.SubnetDropout module in its "
+                          "supernet); use train.dropout=fixed (rate 0)")
 
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
@@ -264,7 +280,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loader.sampler.set_epoch(epoch)
         metrics: dict[str, Any] = train_epoch(
             net, task, loader, optimizer, sampler, distiller, cfg, epoch, steps_per_epoch,
-            world, device, hooks=[probe] if probe else (), scorer=scorer)
+            world, device, hooks=[probe] if probe else (), scorer=scorer, dropout=dropout)
         if isinstance(net, SchemeSupernet):
             metrics.update(net.metrics())
         metrics.update(sampler.metrics())
