@@ -97,6 +97,27 @@ def test_bad_sampler_option_value(cli, quickstart_job, options, needle):
     assert_one_error_line(rc, err, needle)
 
 
+@pytest.mark.parametrize("overrides, needle", [
+    (["train.distill.name=alpha_divergence", "train.distill.options.iw_clip=0"],
+     "train.distill.options.iw_clip = 0: must be > 0"),
+    (["train.dropout.name=adaptive", "train.dropout.options.p_max=1.5"],
+     "train.dropout.options.p_max = 1.5: must be a number in [0, 1)"),
+    (["train.dropout.name=adaptive", "train.dropout.options.measure=width"],
+     "train.dropout.options.measure = 'width': choose one of params, flops"),
+    (["train.dropout=gaussian"], "train.dropout = 'gaussian': unknown dropout policy"),
+    (["train.optimizer.name=scaled_adam", "train.optimizer.options.beta2=1.5"],
+     "train.optimizer.options.beta2 = 1.5: must be a number >= 0 and < 1"),
+    (["train.schedule.name=eden", "train.schedule.options.lr_epochs=0"],
+     "train.schedule.options.lr_epochs = 0: must be a number > 0"),
+    (["train.schedule=step"], "train.schedule = 'step': unknown learning-rate schedule"),
+    (["train.schedule.name=eden", "train.schedule.options.gamma=2"],
+     "train.schedule.options.gamma = 2: unknown option"),
+])
+def test_training_component_values(cli, quickstart_job, overrides, needle):
+    rc, _, err = cli("train", quickstart_job, *overrides)
+    assert_one_error_line(rc, err, needle)
+
+
 def test_malformed_override(cli, quickstart_job):
     rc, _, err = cli("run", quickstart_job, "search.budget", "train.epochs=1")
     assert_one_error_line(rc, err, "'search.budget'", "dotted.key=value")
