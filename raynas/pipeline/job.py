@@ -39,6 +39,7 @@ from raynas.space.registry import load_space
 from raynas.supernets import check_space, create_supernet
 from raynas.tasks import Task, build_task
 from raynas.tracking import Tracker, flatten
+from raynas.training.dropout import DROPOUTS, check_dropout_site
 from raynas.training.samplers import SAMPLERS
 
 STATE_FILE = "job-state.json"
@@ -52,7 +53,10 @@ class Job:
         self.space: SearchSpace = load_space(cfg.space, base=Path(cfg.base_dir))
         check_space(self.space)  # unknown family or unread dims: clear error before any work
         with torch.device("meta"):  # the weight scheme's options, checked without any memory
-            create_supernet(self.space, cfg.weights.model_dump())
+            net = create_supernet(self.space, cfg.weights.model_dump())
+        drop = cfg.train.dropout
+        check_dropout_site(drop.name, DROPOUTS.create(drop.name, drop.options, space=self.space),
+                           net, self.space)
         # The sampler's option values, checked before any work (its tables build lazily).
         SAMPLERS.create(cfg.train.sampler.name, cfg.train.sampler.options, space=self.space,
                         num_subnets=cfg.train.num_subnets, seed=cfg.seed)

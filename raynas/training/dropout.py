@@ -88,6 +88,18 @@ class AdaptiveDropout:
         return self.p_max * min(1.0, self._size(arch) / largest)
 
 
+def check_dropout_site(name: str, policy, net, space: SearchSpace) -> None:
+    """A clear error when ``policy`` (``train.dropout`` = ``name``) drops out but the
+    supernet ``net`` (of ``space``'s family) has no ``SubnetDropout`` to set: checked when a
+    job loads (on a supernet built on the meta device) and again in each training worker."""
+    from raynas.nn import dropout_rates
+
+    if getattr(policy, "active", True) and not dropout_rates(net):
+        raise ConfigError(f"train.dropout = {name!r}: family {space.family!r} has no "
+                          "dropout site (a raynas.nn.SubnetDropout module in its supernet); "
+                          "use train.dropout=fixed (rate 0)")
+
+
 def _size_function(space: SearchSpace, measure: str):
     from raynas.latency.measure import count_params
     from raynas.latency.models import flops_of

@@ -24,12 +24,11 @@ from torch import nn
 
 from raynas.checkpoint import load_checkpoint, save_checkpoint
 from raynas.config import TrainConfig
-from raynas.errors import ConfigError
-from raynas.nn import dropout_rates, recalibrate_batchnorm, set_dropout
+from raynas.nn import recalibrate_batchnorm, set_dropout
 from raynas.space import Arch, SearchSpace
 from raynas.tasks import Batch, Task, load_task_data, make_loader, sample_batches, to_device
 from raynas.training.diagnostics import GradientCosine
-from raynas.training.dropout import DROPOUTS
+from raynas.training.dropout import DROPOUTS, check_dropout_site
 from raynas.training.losses import DISTILLERS
 from raynas.training.optim import build_optimizer, build_schedule
 from raynas.training.samplers import SAMPLERS, DrawLog, Scorer, mean_over_workers
@@ -234,10 +233,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                       num_subnets=cfg.num_subnets, seed=config["seed"]))
     distiller = DISTILLERS.create(cfg.distill.name, cfg.distill.options)
     dropout = DROPOUTS.create(cfg.dropout.name, cfg.dropout.options, space=space)
-    if getattr(dropout, "active", True) and not dropout_rates(net):
-        raise ConfigError(f"train.dropout = {cfg.dropout.name!r}: family {space.family!r} "
-                          "has no dropout site (a raynas.nn.SubnetDropout module in its "
-                          "supernet); use train.dropout=fixed (rate 0)")
+    check_dropout_site(cfg.dropout.name, dropout, net, space)
 
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()

@@ -169,3 +169,26 @@ def test_train_epoch_follows_the_schedule(tiny_space, digits_batch, schedule):
         assert seen == pytest.approx([eden(s, s // 3) for s in range(6)])
     else:
         assert seen == [lr_at(cfg, s, 3) for s in range(6)]
+
+
+def test_a_family_without_a_dropout_site_is_refused_when_the_job_loads(monkeypatch, repo_root):
+    """The plugin family has no SubnetDropout: asking it to drop out is a ConfigError before
+    any work (not a failure in every training worker), while the default (rate 0) loads."""
+    import sys
+
+    from raynas.config import load_config
+    from raynas.pipeline.job import Job
+    from raynas.supernets import FAMILIES
+
+    FAMILIES.names()
+    monkeypatch.syspath_prepend(str(repo_root / "tests" / "plugin"))
+    monkeypatch.setattr(FAMILIES, "_loaded", False)
+    monkeypatch.setattr(FAMILIES, "_items", dict(FAMILIES._items))
+    try:
+        job = repo_root / "tests" / "plugin" / "plugin_job.yaml"
+        Job(load_config(job))
+        with pytest.raises(ConfigError, match="train.dropout = 'adaptive': family 'plugin_mlp' "
+                                              "has no dropout site"):
+            Job(load_config(job, ["train.dropout.name=adaptive"]))
+    finally:
+        sys.modules.pop("raynas_plugin_mlp", None)
