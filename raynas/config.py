@@ -121,6 +121,14 @@ class TrainConfig(_Section):
         Component(name="fixed"), description="dropout rate per subnet: fixed (option p, "
         "default 0: none) or adaptive (p_max x the subnet's size / the largest's; options "
         "p_max, measure: params or flops), or a user's under raynas.dropouts")
+    prune: ComponentField = Field(
+        Component(name="none"), description="pruning during supernet training: none, or "
+        "supertickets (global magnitude pruning every `interval` epochs to min(target, "
+        "step x k); options target, interval, step, regrow, rho, rho_warmup, "
+        "shrink_threshold, shrink_interval), or a user's under raynas.pruners")
+    init_ticket: str | None = Field(
+        None, description="a ticket file from `raynas ticket export`: train only its arch, "
+        "from fresh weights, with its pruning masks fixed")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0, description="clip every gradient element to "
                                     "[-grad_clip, grad_clip] after the workers' average "
@@ -465,6 +473,7 @@ def _check_components(cfg: JobConfig, source: str) -> None:
         check_options("weights.options", cfg.weights.name, "weight scheme",
                       WEIGHT_SCHEMES.get(cfg.weights.name), cfg.weights.options,
                       ("space", "build"))
+        _check_pruning(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     first = (sampler.teaches_first(t.sampler.options) if hasattr(sampler, "teaches_first")
@@ -477,3 +486,23 @@ def _check_components(cfg: JobConfig, source: str) -> None:
             f"{source}: train.distill = {t.distill.name!r} distils from the largest subnet, "
             f"but train.sampler = {t.sampler.name!r} does not train it first; use a sampler "
             f"that does ({', '.join(teachers)}){modes_hint} or train.distill=none")
+
+
+def _check_pruning(cfg: JobConfig) -> None:
+    """``train.prune``'s options and schedule, and what it cannot be combined with."""
+    from raynas.training.pruning import PRUNERS
+
+    t = cfg.train
+    pruner = PRUNERS.create(t.prune.name, t.prune.options, space=None)  # checks the values
+    if pruner is not None and hasattr(pruner, "check_schedule"):
+        pruner.check_schedule(t.epochs)
+    for what, on in ((f"train.prune = {t.prune.name!r}", pruner is not None),
+                     (f"train.init_ticket = {t.init_ticket!r}", bool(t.init_ticket))):
+        if on and cfg.weights.name != "shared":
+            raise ConfigError(f"{what}: masks act on one set of shared weights; "
+                              f"weights = {cfg.weights.name!r} is not supported with it "
+                              "(use weights=shared)")
+    if pruner is not None and t.init_ticket:
+        raise ConfigError(f"train.init_ticket = {t.init_ticket!r}: a ticket's masks are fixed; "
+                          f"train.prune = {t.prune.name!r} cannot prune them further "
+                          "(set train.prune=none)")

@@ -27,6 +27,8 @@ from raynas.nn import recalibrate_batchnorm
 from raynas.space import Arch, SearchSpace
 from raynas.supernets import create_supernet
 from raynas.tasks import build_task, load_task_data, make_loader, sample_batches, to_device
+from raynas.weights import active_net
+from raynas.weights.masks import install_masks
 
 
 class Evaluator:
@@ -57,6 +59,9 @@ class Evaluator:
         self.device = torch.device(device)
         self.supernet = create_supernet(self.space, state["weights"])
         self.supernet.load_state_dict(state["model"])
+        masks = state.get("masks") or {}
+        if masks.get("weights") or masks.get("channels"):  # trained with train.prune / a ticket
+            install_masks(active_net(self.supernet), masks.get("weights"), masks.get("channels"))
         self.supernet.to(self.device).eval()
         self.task = build_task(self.space, task)
         self.data = load_task_data(self.task, data)

@@ -38,8 +38,10 @@ from raynas.space import SearchSpace
 from raynas.space.registry import load_space
 from raynas.supernets import check_space, create_supernet
 from raynas.tasks import Task, build_task
+from raynas.tickets import load_ticket
 from raynas.tracking import Tracker, flatten
 from raynas.training.dropout import DROPOUTS, check_dropout_site
+from raynas.training.pruning import PRUNERS, check_prune_site
 from raynas.training.samplers import SAMPLERS
 
 STATE_FILE = "job-state.json"
@@ -57,6 +59,11 @@ class Job:
         drop = cfg.train.dropout
         check_dropout_site(drop.name, DROPOUTS.create(drop.name, drop.options, space=self.space),
                            net, self.space)
+        # Pruning on a family it cannot act on, or a ticket of another space: clear errors now.
+        check_prune_site(PRUNERS.create(cfg.train.prune.name, cfg.train.prune.options,
+                                        space=self.space), net, self.space)
+        if cfg.train.init_ticket:
+            load_ticket(resolve_path(cfg, cfg.train.init_ticket), expected=self.space)
         # The sampler's option values, checked before any work (its tables build lazily).
         SAMPLERS.create(cfg.train.sampler.name, cfg.train.sampler.options, space=self.space,
                         num_subnets=cfg.train.num_subnets, seed=cfg.seed)

@@ -27,12 +27,21 @@ from raynas.config import TrainConfig
 from raynas.nn import recalibrate_batchnorm, set_dropout
 from raynas.space import Arch, SearchSpace
 from raynas.tasks import Batch, Task, load_task_data, make_loader, sample_batches, to_device
+from raynas.tickets import load_ticket
 from raynas.training.diagnostics import GradientCosine
 from raynas.training.dropout import DROPOUTS, check_dropout_site
 from raynas.training.losses import DISTILLERS
 from raynas.training.optim import build_optimizer, build_schedule
-from raynas.training.samplers import SAMPLERS, DrawLog, Scorer, mean_over_workers
+from raynas.training.pruning import PRUNERS, FixedMasks
+from raynas.training.samplers import (
+    SAMPLERS,
+    DrawLog,
+    FixedArchSampler,
+    Scorer,
+    mean_over_workers,
+)
 from raynas.weights import SchemeSupernet, Score, normalise, set_training_arch
+from raynas.weights.masks import load_masks, mask_state, subnet_sparsity
 
 # ``hook(step, losses)`` after every optimizer step (progress, logging, schedules).
 Hook = Callable[[int, dict[str, float]], None]
@@ -100,12 +109,15 @@ def candidate_scorer(net, task: Task, batch: Batch, cfg: TrainConfig) -> Scorer:
 
 def train_step(net, task: Task, optimizer, sampler, distiller, batch: Batch, step: int,
                cfg: TrainConfig, world_size: int, score: Score | None = None,
-               dropout=None) -> dict[str, float]:
+               dropout=None, pruner=None) -> dict[str, float]:
     """One optimizer step over the sampler's subnets; returns the first and last subnets'
     losses (``loss_largest`` only where the sampler trains the largest first). ``score``
     rates a subnet on validation data for a weight scheme that learns from it. ``dropout``
     (a ``train.dropout`` policy) sets each subnet's dropout rate before its forward pass;
-    the rate is back at 0 after the step (validation scoring runs without dropout)."""
+    the rate is back at 0 after the step (validation scoring runs without dropout).
+    ``pruner`` (``train.prune`` or a ticket's fixed masks, see ``pruning.Pruner``) adds its
+    regulariser's gradient after the workers' average and re-zeroes masked weights after
+    the optimizer step."""
     optimizer.zero_grad(set_to_none=True)
     drop = dropout is not None and getattr(dropout, "active", True)
     teacher = None
@@ -133,9 +145,13 @@ def train_step(net, task: Task, optimizer, sampler, distiller, batch: Batch, ste
     params = [p for p in net.parameters() if p.requires_grad]
     if world_size > 1:
         average_gradients(params, world_size)
+    if pruner is not None:
+        pruner.before_step(net, step)
     if cfg.grad_clip:
         nn.utils.clip_grad_value_(params, cfg.grad_clip)
     optimizer.step()
+    if pruner is not None:
+        pruner.after_step(net)
     sampler.feedback(step, archs, per_subnet)
     if isinstance(net, SchemeSupernet):
         net.after_step(step, archs, score)
@@ -152,12 +168,12 @@ def train_epoch(net, task: Task, batches: Iterable[Batch], optimizer, sampler, d
                 device: torch.device | str = "cpu", hooks: Sequence[Hook] = (),
                 scorer: Callable[[int], Score] | None = None,
                 schedule: Callable[[int, int, int], float] | None = None,
-                dropout=None) -> dict[str, float]:
+                dropout=None, pruner=None) -> dict[str, float]:
     """One pass over ``batches``; the mean of each step loss. ``scorer(step)``: the
     step's ``Score`` (see ``validation_scorer``) for weight schemes that use one.
     ``schedule(step, epoch, steps_per_epoch)``: the learning rate of each step, written into
     every parameter group (None: the job's ``train.schedule``). ``dropout``: the
-    ``train.dropout`` policy (None: no dropout)."""
+    ``train.dropout`` policy (None: no dropout). ``pruner``: see ``train_step``."""
     if isinstance(net, SchemeSupernet):
         net.start_epoch(epoch, cfg.epochs)
     if hasattr(sampler, "start_epoch"):
@@ -172,7 +188,8 @@ def train_epoch(net, task: Task, batches: Iterable[Batch], optimizer, sampler, d
         for group in optimizer.param_groups:
             group["lr"] = schedule(step, epoch, steps_per_epoch)
         losses = train_step(net, task, optimizer, sampler, distiller, to_device(batch, device),
-                            step, cfg, world, scorer(step) if scorer else None, dropout)
+                            step, cfg, world, scorer(step) if scorer else None, dropout,
+                            pruner)
         for hook in hooks:
             hook(step, losses)
         for k, v in losses.items():
@@ -197,7 +214,8 @@ def quick_metric(net, task: Task, arch: Arch, calib: list[Batch], val_batches: l
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config`` holds plain values only (it crosses processes):
     ``space`` (dict), ``task`` (``{name, options}`` or None), ``train`` / ``data`` (config
-    dicts), ``seed``, ``resume_from``.
+    dicts), ``seed``, ``resume_from``, ``ticket`` (the bytes of ``train.init_ticket``'s file,
+    or None).
 
     Workers never talk to MLflow: rank 0 reports each epoch's metrics with its checkpoint,
     and the trainer's callback logs them from the driver's node (see ``trainer.py``).
@@ -234,6 +252,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     distiller = DISTILLERS.create(cfg.distill.name, cfg.distill.options)
     dropout = DROPOUTS.create(cfg.dropout.name, cfg.dropout.options, space=space)
     check_dropout_site(cfg.dropout.name, dropout, net, space)
+    pruner = PRUNERS.create(cfg.prune.name, cfg.prune.options, space=space)
+    ticket = None
+    if config.get("ticket"):
+        # A ticket's arch alone trains, from this job's fresh (seeded) weights: lottery-ticket
+        # retraining with a new initialisation, not a rewind (the ticket holds no weights).
+        ticket = load_ticket(config["ticket"], expected=space)
+        pruner = FixedMasks(ticket["masks"]["weights"], ticket["masks"].get("channels") or {})
+        sampler = DrawLog(FixedArchSampler(space, ticket["arch"]))
+    if pruner is not None:
+        example = task.example_inputs(2, seed=config["seed"])
+        pruner.setup(net, [example[k].to(device) for k in task.input_names], space,
+                     steps_per_epoch)
 
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
@@ -248,6 +278,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state.get("sampler") or {})
         start_epoch = state["epoch"] + 1
+        if pruner is not None:
+            masks = state.get("masks") or {}
+            load_masks(net, masks.get("weights") or {}, masks.get("channels") or {})
+            pruner.after_checkpoint(net, state["epoch"], cfg.epochs)
 
     # Where the workers run (a cluster spreads them over nodes), reported with the first
     # epoch of this attempt; the driver side logs it to MLflow.
@@ -276,7 +310,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loader.sampler.set_epoch(epoch)
         metrics: dict[str, Any] = train_epoch(
             net, task, loader, optimizer, sampler, distiller, cfg, epoch, steps_per_epoch,
-            world, device, hooks=[probe] if probe else (), scorer=scorer, dropout=dropout)
+            world, device, hooks=[probe] if probe else (), scorer=scorer, dropout=dropout,
+            pruner=pruner)
+        if pruner is not None:  # prunes on its schedule: the evaluation and checkpoint see it
+            metrics.update(pruner.end_epoch(net, epoch, cfg.epochs, world))
         if isinstance(net, SchemeSupernet):
             metrics.update(net.metrics())
         metrics.update(sampler.metrics())
@@ -297,11 +334,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for which, arch in (("largest", space.largest()), ("smallest", space.smallest())):
                 metrics[f"val_{primary}_{which}"] = quick_metric(net, task, arch, calib,
                                                                  val_batches, device)
+            if ticket is not None:
+                metrics[f"val_{primary}_ticket"] = quick_metric(net, task, ticket["arch"], calib,
+                                                                val_batches, device)
+                metrics.update({f"ticket.{k}": v for k, v in subnet_sparsity(net).items()})
+            extra = {"weights": weights, "optimizer": optimizer.state_dict(),
+                     "sampler": sampler.state_dict()}
+            if pruner is not None:
+                extra["masks"] = mask_state(net)
             with tempfile.TemporaryDirectory() as tmp:
                 model_state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-                save_checkpoint(tmp, space, model_state, epoch,
-                                {"weights": weights, "optimizer": optimizer.state_dict(),
-                                 "sampler": sampler.state_dict()})
+                save_checkpoint(tmp, space, model_state, epoch, extra)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             loss = next(iter(v for k, v in metrics.items() if k.startswith("loss_")),
                         float("nan"))
@@ -311,3 +354,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                   f"{', ' + str(device) if device.type != 'cpu' else ''})", flush=True)
         else:
             ray.train.report(metrics)
+        if pruner is not None:
+            pruner.after_checkpoint(net, epoch, cfg.epochs)

@@ -117,6 +117,20 @@ class DrawLog:
         return self._digest.hexdigest()
 
 
+class FixedArchSampler(ArchSampler):
+    """One fixed subnet every step (a ticket's arch under ``train.init_ticket``); not a
+    registered sampler. It counts as the teacher-first subnet: alone, nothing distils."""
+
+    teacher_first = True
+
+    def __init__(self, space: SearchSpace, arch: Arch):
+        super().__init__(space, 1, 0)
+        self.arch = arch
+
+    def sample(self, step: int) -> list[Arch]:
+        return [self.arch]
+
+
 @SAMPLERS.register("sandwich")
 class SandwichSampler(ArchSampler):
     """Sandwich rule (BigNAS): the largest subnet, ``n - 2`` random ones, the smallest.

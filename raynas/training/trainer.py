@@ -100,6 +100,8 @@ def train_supernet(cfg: JobConfig, space: SearchSpace,
         "seed": cfg.seed,
         "resume_from": str(resolve_path(cfg, t.resume_from).resolve()) if t.resume_from
         else None,
+        # The file's bytes, so workers on any node of a cluster read the same ticket.
+        "ticket": resolve_path(cfg, t.init_ticket).read_bytes() if t.init_ticket else None,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
