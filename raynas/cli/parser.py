@@ -21,6 +21,7 @@ from raynas.cli.tool_commands import (
     cmd_replay,
     cmd_spaces_list,
     cmd_spaces_show,
+    cmd_ticket_export,
 )
 
 _OVERRIDES_HELP = ("dotted.key=value overrides of the job file, e.g. train.epochs=5 "
@@ -282,6 +283,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="searcher option (YAML value), like search.options in a job")
     p.add_argument("--out", metavar="FILE.json", help="also write the report as JSON")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("ticket", formatter_class=fmt,
+                       help="export a pruned subnet (arch + masks) to retrain elsewhere",
+                       description="Tickets (SuperTickets): a subnet's arch and the pruning "
+                                   "masks a supernet trained with train.prune found for it.",
+                       epilog="examples:\n"
+                              "  raynas ticket export outputs/pruned --arch largest -o "
+                              "ticket.pt\n"
+                              "  raynas train jobs/smoke.yaml train.init_ticket=ticket.pt")
+    ticket = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    exp = ticket.add_parser(
+        "export", formatter_class=fmt, help="write a ticket file",
+        description="Write the ticket of one subnet: its arch, the supernet's pruning masks "
+                    "(weights and BN channels) and the space's definition and fingerprint. A "
+                    "job with train.init_ticket=FILE trains that arch alone from fresh "
+                    "weights with the masks fixed (its space must be the same).",
+        epilog="examples:\n"
+               "  raynas ticket export outputs/pruned --arch largest -o ticket.pt\n"
+               "  raynas ticket export outputs/pruned/checkpoint --arch outputs/pruned/subnet/"
+               "arch.json -o ticket.pt\n"
+               "  raynas ticket export <train run id> --arch '{\"s1_depth\": 2, ...}' -o "
+               "ticket.pt")
+    exp.add_argument("source", metavar="SOURCE", help="checkpoint directory, a job's output "
+                     "directory (its checkpoint/), or the MLflow run id of a train stage")
+    exp.add_argument("--arch", required=True, metavar="JSON|FILE|largest|smallest",
+                     help="the subnet: JSON text, a file holding it (an exported arch.json "
+                          "works), or largest / smallest")
+    exp.add_argument("-o", "--out", required=True, metavar="FILE.pt", help="ticket file")
+    exp.add_argument("--tracking-uri", metavar="URI", help="MLflow store of a run id (default "
+                     "MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+    exp.set_defaults(func=cmd_ticket_export)
 
     p = sub.add_parser("spaces", formatter_class=fmt, help="list or show search spaces",
                        description="Search spaces found in search_spaces/ (or "

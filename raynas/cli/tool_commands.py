@@ -1,4 +1,5 @@
-"""Commands that work without a job file: ``latency fit``, ``replay``, ``spaces list|show``."""
+"""Commands that work without a job file: ``latency fit``, ``replay``, ``spaces list|show``,
+``ticket export``."""
 
 from __future__ import annotations
 
@@ -153,4 +154,53 @@ def cmd_spaces_show(args: argparse.Namespace) -> int:
         else:
             text = f"[{spec['low']}, {spec['high']}]" + (" log" if spec.get("log") else "")
         print(f"{d.name:<16} {kind:<10} {text}")
+    return 0
+
+
+def _ticket_checkpoint(source: str, uri: str | None) -> Path:
+    """SOURCE of ``ticket export``: a checkpoint directory (or its ``supernet.pt``), a job's
+    output directory (its ``checkpoint/``), or an MLflow run id (its checkpoint)."""
+    import os
+    import re
+    import tempfile
+
+    from raynas.checkpoint import FILENAME
+
+    path = Path(source)
+    if path.is_file() or (path / FILENAME).is_file():
+        return path
+    if (path / "checkpoint" / FILENAME).is_file():
+        return path / "checkpoint"
+    if path.exists():
+        raise ConfigError(f"SOURCE = {source!r}: holds no checkpoint ({FILENAME}, or "
+                          f"checkpoint/{FILENAME} in a job's output directory)")
+    if not re.fullmatch(r"[0-9a-f]{32}", source):
+        raise ConfigError(f"SOURCE = {source!r}: neither an existing checkpoint or output "
+                          "directory nor an MLflow run id")
+    from raynas.config import DEFAULT_TRACKING_URI
+    from raynas.pipeline import MlflowTracker, checkpoint_from_run
+
+    tracker = MlflowTracker(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    return checkpoint_from_run(tracker, source, Path(tempfile.mkdtemp()))
+
+
+def cmd_ticket_export(args: argparse.Namespace) -> int:
+    """``raynas ticket export``: a subnet's arch and pruning masks, for ``train.init_ticket``."""
+    from raynas.checkpoint import load_checkpoint
+    from raynas.cli.job_commands import _read_arch
+    from raynas.tickets import make_ticket, save_ticket
+
+    checkpoint = _ticket_checkpoint(args.source, args.tracking_uri)
+    if args.arch in ("largest", "smallest"):
+        space = load_checkpoint(checkpoint)["space"]
+        arch = space.largest() if args.arch == "largest" else space.smallest()
+    else:
+        arch = _read_arch(args.arch)
+    ticket = make_ticket(checkpoint, arch)
+    path = save_ticket(ticket, args.out)
+    s = ticket["sparsity"]
+    print(f"[raynas] ticket -> {path}: space {ticket['space']['name']!r}, epoch "
+          f"{ticket['epoch'] + 1}, sparsity {s['sparsity']:.3f} ({int(s['zero_weights'])} of "
+          f"{int(s['prunable_weights'])} conv/linear weights of the subnet are 0)")
+    print(f"[raynas] next: raynas train JOB.yaml train.init_ticket={path}")
     return 0

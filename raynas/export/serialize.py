@@ -6,7 +6,10 @@ An export directory holds:
   output names with their dynamic axes;
 - ``model.pt``: the static model's ``state_dict`` (load with ``load_subnet``: no supernet);
 - ``model.torchscript.pt`` and/or ``model.onnx``: self-contained, no raynas needed;
-- ``export.json``: the equivalence checks that were run and their results.
+- ``export.json``: the equivalence checks that were run and their results; for a supernet
+  trained with pruning masks (``train.prune``, a ticket), also ``sparsity``: the zeros of
+  the subnet's masked conv / linear weights (``zero_weights`` of ``prunable_weights``).
+  The tensors are stored dense (zeros included): every format holds the same model.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from raynas.errors import RaynasError
 from raynas.space import Arch, SearchSpace
 from raynas.supernets import build_static
 from raynas.tasks import Task
+from raynas.weights import active_net
+from raynas.weights.masks import subnet_sparsity
 
 
 class ExportCheckError(RaynasError):
@@ -37,6 +42,7 @@ class ExportResult:
     arch: Arch
     checks: dict[str, float] = field(default_factory=dict)  # format -> max |diff|
     files: dict[str, str] = field(default_factory=dict)
+    sparsity: dict[str, float] | None = None  # pruned supernets only (see subnet_sparsity)
 
 
 def load_subnet(directory: str | Path) -> nn.Module:
@@ -82,6 +88,7 @@ def export_subnet(supernet: nn.Module, static: nn.Module, space: SearchSpace, ar
         supernet.set_arch(arch)
         reference = supernet(*inputs)
         _check("static", reference, static(*inputs), atol, result.checks)
+    result.sparsity = subnet_sparsity(active_net(supernet))
 
     (directory / "arch.json").write_text(json.dumps(
         {"space": space.to_dict(), "arch": arch.to_dict(), "arch_key": arch.key,
@@ -113,10 +120,12 @@ def export_subnet(supernet: nn.Module, static: nn.Module, space: SearchSpace, ar
         (out,) = session.run(None, feed)
         _check("onnx", reference, torch.from_numpy(out), atol, result.checks)
         result.files["onnx"] = path.name
-    (directory / "export.json").write_text(json.dumps(
-        {"arch_key": arch.key, "max_abs_diff": result.checks, "atol": atol,
-         "files": result.files, "checked_on": {k: list(t.shape) for k, t in
-                                               zip(task.input_names, inputs)}}, indent=2))
+    report = {"arch_key": arch.key, "max_abs_diff": result.checks, "atol": atol,
+              "files": result.files, "checked_on": {k: list(t.shape) for k, t in
+                                                    zip(task.input_names, inputs)}}
+    if result.sparsity is not None:
+        report["sparsity"] = result.sparsity
+    (directory / "export.json").write_text(json.dumps(report, indent=2))
     return result
 
 
@@ -142,5 +151,8 @@ def _export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], task: Task,
 
 
 def export_metadata(result: ExportResult) -> dict[str, Any]:
-    return {"directory": str(result.directory), "arch_key": result.arch.key,
+    meta = {"directory": str(result.directory), "arch_key": result.arch.key,
             "checks": result.checks, "files": result.files}
+    if result.sparsity is not None:
+        meta["sparsity"] = result.sparsity
+    return meta

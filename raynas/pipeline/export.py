@@ -58,6 +58,7 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
             "latency_ms_measured": record["latency_measured_ms"],
             "flops": record["flops"], "params": record["params"],
             **{f"max_abs_diff_{k}": v for k, v in result.checks.items()},
+            **(result.sparsity or {}),
         })
         tracker.log_artifacts(result.directory, "subnet")
         if "torchscript" in result.files:
@@ -79,7 +80,9 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
             + (f" ({record['latency_ms']:.3f} ms by {record['latency_model']})"
                if record["latency_model"] != "measured" else "")
             + f"; formats {', '.join(result.files)} match the "
-            f"supernet (max |diff| {max(result.checks.values()):.2g})")
+            f"supernet (max |diff| {max(result.checks.values()):.2g})"
+            + (f"; sparsity {result.sparsity['sparsity']:.3f} of its conv/linear weights"
+               if result.sparsity else ""))
     return {**export_metadata(result), "record": record}
 
 
