@@ -16,7 +16,8 @@ from raynas.cli import main
 from raynas.search.results import write_records
 from raynas.tracking import NullTracker
 
-SUBCOMMANDS = ["run", "train", "search", "export", "spaces", "latency", "replay"]
+SUBCOMMANDS = ["run", "train", "search", "export", "spaces", "latency", "replay",
+               "ticket"]
 
 
 class _StubTracker(NullTracker):
