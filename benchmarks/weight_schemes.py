@@ -22,7 +22,7 @@ resnet20_pool_tiny also the balanced mixture with 2 supernets and with 4 left un
    [min-max] of the per-round ratios.
 
     python benchmarks/weight_schemes.py [--seeds 3] [--epochs N] [--only cost|fidelity]
-        [--jobs JOB ...] [--schemes LABEL ...] [--cache DIR]
+        [--jobs JOB ...] [--schemes LABEL ...] [--cache DIR] [--checkpoints WORK_DIR]
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def training_cost(job: str, rounds: int = 15) -> dict:
 
 
 def fidelity_run(job: str, scheme: str, overrides: list[str], seed: int, cache: Path,
-                 epochs: int | None, work: Path) -> dict:
+                 epochs: int | None, work: Path, checkpoints: Path | None = None) -> dict:
     out = work / f"{job}-{scheme}-{seed}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlruns.db'}"}
     cmd = [*raynas_exe(), "fidelity", str(ROOT / "jobs" / f"{job}.yaml"), "--output-dir",
@@ -136,6 +136,8 @@ def fidelity_run(job: str, scheme: str, overrides: list[str], seed: int, cache: 
            f"fidelity.subnets={JOBS[job]}", f"fidelity.cache_dir={cache}", f"name={job}"]
     if epochs:
         cmd.append(f"train.epochs={epochs}")
+    if checkpoints:  # judge the supernet an earlier run trained (its work folder)
+        cmd += ["--checkpoint", str(checkpoints / out.name / "checkpoint")]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -156,6 +158,9 @@ def main() -> None:
                     help="fidelity of these only; the other schemes' runs of an earlier "
                          "result are kept (default: all)")
     ap.add_argument("--cache", type=Path, help="standalone cache to reuse (default: a new one)")
+    ap.add_argument("--checkpoints", type=Path,
+                    help="an earlier run's work folder: judge its trained supernets again "
+                         "(after a change to how a scheme evaluates) instead of training")
     args = ap.parse_args()
     previous = RESULTS / f"{NAME}.json"  # --only / --schemes keep the rest of an earlier run
     before = json.loads(previous.read_text()) if previous.exists() else {}
@@ -182,7 +187,8 @@ def main() -> None:
                 for scheme, overrides in {**SCHEMES, **ABLATIONS.get(job, {})}.items():
                     if args.schemes and scheme not in args.schemes:
                         continue
-                    r = fidelity_run(job, scheme, overrides, seed, cache, args.epochs, work)
+                    r = fidelity_run(job, scheme, overrides, seed, cache, args.epochs, work,
+                                     args.checkpoints)
                     runs.setdefault(job, {}).setdefault(scheme, []).append(r)
                     print(f"fidelity {job} {scheme} seed {seed}: " + json.dumps(
                         {k: r.get(k) for k in ("kendall_tau", "mean_gap", "top1_regret",

@@ -14,7 +14,8 @@ A training step draws ``m ~ P[a]`` for each of its archs (seeded by step, so dat
 workers agree) and trains that supernet on it. The optimizer is one torch optimizer whose
 state is per parameter: supernets not drawn in a step get no gradient and are skipped by it,
 which is the paper's one optimizer per supernet. Evaluation and export use the arch's
-assigned supernet: ``argmax_m`` of the balanced P at the final temperature.
+assigned supernet: ``argmax_m`` of the balanced P at the final temperature, over the
+supernets that trained the arch; an arch none trained takes the nearest trained arch's.
 
 Readings chosen: the score is the task's primary metric on one validation minibatch with the
 net in train mode (batch statistics, as the paper's BN without running statistics gives),
@@ -57,6 +58,7 @@ class BalancedMixture(SchemeSupernet):
                  seed: int):
         super().__init__()
         self.nets = nn.ModuleList(build() for _ in range(supernets))
+        self.space = space
         self.archs = list(space.enumerate())
         self.index = {a.key: i for i, a in enumerate(self.archs)}
         self.ema, self.temperature, self.tol, self.balanced = ema, temperature, tol, balanced
@@ -73,10 +75,37 @@ class BalancedMixture(SchemeSupernet):
         return self.index[arch.key]
 
     def assignment(self) -> torch.Tensor:
-        """The supernet of every arch for evaluation and export (by enumeration index)."""
+        """The supernet of every arch for evaluation and export (by enumeration index): the
+        argmax of the balanced P at the final temperature over the supernets that trained
+        the arch. A pair never trained keeps the initial score 1.0, above any trained pair's
+        EMA of a metric in [0, 1]: the optimism that makes training try every supernet, but
+        no evidence that the supernet can judge the arch, so it is left out here. An arch
+        no supernet trained (a large space, a short run) takes the supernet of the nearest
+        trained arch (Euclidean distance of the space's encodings), whose weights saw the
+        most similar subnet."""
         if self._assigned is None:
-            self._assigned = self.assignment_probs(self.temperature[1]).argmax(1)
+            self._assigned = self._judges()
         return self._assigned
+
+    def _judges(self) -> torch.Tensor:
+        trained = self.steps > 0
+        seen = trained.any(1)
+        if not bool(seen.any()):  # nothing trained yet: the training-time rule
+            return self.assignment_probs(self.temperature[1]).argmax(1)
+        scores = self.scores.masked_fill(~trained, float("-inf"))
+        scores[~seen] = 0.0  # replaced below
+        probs = (self.temperature[1] * scores).softmax(1)
+        if self.balanced and bool((probs.mean(0) > 0).all()):
+            probs = balance(probs, self.tol)  # zeros stay zero: untrained pairs stay out
+        assigned = probs.argmax(1)
+        unseen = (~seen).nonzero().flatten()
+        if len(unseen):
+            enc = torch.tensor([self.space.encode(a) for a in self.archs])
+            seen_idx = seen.nonzero().flatten()
+            for chunk in unseen.split(1024):  # bounded memory on a 10,000-arch space
+                nearest = torch.cdist(enc[chunk], enc[seen_idx]).argmin(1)
+                assigned[chunk] = assigned[seen_idx[nearest]]
+        return assigned
 
     def assignment_probs(self, tau: float) -> torch.Tensor:
         probs = (tau * self.scores).softmax(1)
@@ -155,7 +184,8 @@ def balanced_mixture(space: SearchSpace, build: Callable[[], nn.Module], superne
             f"a score per subnet and supernet, so it takes spaces of at most "
             f"weights.options.max_archs = {max_archs:,}")
     if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()))
+        # On the CPU generator, also where the supernet is built on the meta device.
+        seed = int(torch.randint(0, 2**31 - 1, (), device="cpu"))
     return BalancedMixture(build, space, supernets, float(ema),
                            (float(temperature[0]), float(temperature[1])), float(tol),
                            bool(balanced), int(seed))

@@ -249,6 +249,28 @@ def test_balanced_training_steps_only_the_drawn_supernet(repo_root):
     assert net.scores[row, drawn] == pytest.approx(0.9 + 0.1 * 0.5)
 
 
+def test_only_supernets_that_trained_an_arch_judge_it(tiny_space):
+    """An untrained (arch, supernet) pair keeps the optimistic initial score 1.0, above any
+    trained pair's; evaluation must not pick it. An arch no supernet trained takes the
+    supernet of the nearest trained arch."""
+    mix = BalancedMixture(_Stub, tiny_space, 3, 0.9, (1.0, 100.0), 1e-4, True, seed=0)
+    a, b = tiny_space.smallest(), tiny_space.largest()
+    ra, rb = mix.index[a.key], mix.index[b.key]
+    mix.steps[ra, 1], mix.scores[ra, 1] = 5, 0.6  # only supernet 1 trained the smallest
+    mix.steps[rb, 2], mix.scores[rb, 2] = 5, 0.7  # only supernet 2 the largest
+    mix.steps[rb, 0], mix.scores[rb, 0] = 5, 0.4
+    mix._assigned = None
+    assigned = mix.assignment()
+    assert int(assigned[ra]) == 1 and int(assigned[rb]) == 2  # not 0, still at 1.0
+    enc = torch.tensor([tiny_space.encode(x) for x in mix.archs])
+    for row in range(len(mix.archs)):
+        if row in (ra, rb):
+            continue
+        da, db = (float((enc[row] - enc[r]).norm()) for r in (ra, rb))
+        if abs(da - db) > 1e-6:
+            assert int(assigned[row]) == (1 if da < db else 2), row
+
+
 def test_balanced_draws_follow_the_job_seed(repo_root):
     """Without a ``seed`` option the draws come from the seed the training sets before it
     builds the supernet: the same job seed draws the same supernets on every worker, another
@@ -268,6 +290,8 @@ def test_balanced_draws_follow_the_job_seed(repo_root):
     assert draws(0) == draws(0)
     assert draws(0) != draws(1)
     assert draws(0, seed=7) == draws(1, seed=7)
+    with torch.device("meta"):  # as a job checks its scheme when it loads
+        create_supernet(space, {"name": "balanced_mixture", "options": {}})
 
 
 # ---- checkpoints --------------------------------------------------------------------------
