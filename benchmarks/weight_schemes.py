@@ -164,8 +164,10 @@ def main() -> None:
     args = ap.parse_args()
     previous = RESULTS / f"{NAME}.json"  # --only / --schemes keep the rest of an earlier run
     before = json.loads(previous.read_text()) if previous.exists() else {}
-    kept = {k: v for k, v in before.items()
-            if args.only and k in ({"fidelity", "summary"} if args.only == "cost" else {"cost"})}
+    redone = {"benchmark", "date", "machine", "epochs", "seeds", "schemes", "ablations",
+              *(("cost",) if args.only != "fidelity" else ()),
+              *(("fidelity", "summary") if args.only != "cost" else ())}
+    kept = {k: v for k, v in before.items() if args.only and k not in redone}
     result: dict = {"machine": machine_info(threads=1), "epochs": args.epochs,
                     "seeds": args.seeds, "schemes": SCHEMES, "ablations": ABLATIONS, **kept}
     if args.only != "fidelity":
@@ -180,7 +182,8 @@ def main() -> None:
         cache = args.cache or work / "standalone-cache"
         runs: dict = {}
         if args.schemes:  # an earlier result's other runs stay
-            runs = {job: {s: rs for s, rs in per.items() if s not in args.schemes}
+            runs = {job: {s: rs for s, rs in per.items()
+                          if job not in args.jobs or s not in args.schemes}
                     for job, per in before.get("fidelity", {}).items()}
         for job in args.jobs:
             for seed in range(args.seeds):

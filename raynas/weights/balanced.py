@@ -15,7 +15,7 @@ workers agree) and trains that supernet on it. The optimizer is one torch optimi
 state is per parameter: supernets not drawn in a step get no gradient and are skipped by it,
 which is the paper's one optimizer per supernet. Evaluation and export use the arch's
 assigned supernet: ``argmax_m`` of the balanced P at the final temperature, over the
-supernets that trained the arch; an arch none trained takes the nearest trained arch's.
+supernets that trained the arch; the archs none trained go to the best-scoring supernet.
 
 Readings chosen: the score is the task's primary metric on one validation minibatch with the
 net in train mode (batch statistics, as the paper's BN without running statistics gives),
@@ -58,7 +58,6 @@ class BalancedMixture(SchemeSupernet):
                  seed: int):
         super().__init__()
         self.nets = nn.ModuleList(build() for _ in range(supernets))
-        self.space = space
         self.archs = list(space.enumerate())
         self.index = {a.key: i for i, a in enumerate(self.archs)}
         self.ema, self.temperature, self.tol, self.balanced = ema, temperature, tol, balanced
@@ -79,10 +78,10 @@ class BalancedMixture(SchemeSupernet):
         argmax of the balanced P at the final temperature over the supernets that trained
         the arch. A pair never trained keeps the initial score 1.0, above any trained pair's
         EMA of a metric in [0, 1]: the optimism that makes training try every supernet, but
-        no evidence that the supernet can judge the arch, so it is left out here. An arch
-        no supernet trained (a large space, a short run) takes the supernet of the nearest
-        trained arch (Euclidean distance of the space's encodings), whose weights saw the
-        most similar subnet."""
+        no evidence that the supernet can judge the arch, so it is left out here. Every arch
+        no supernet trained (a large space, a short run) goes to one supernet, the one with
+        the best mean score over the archs it trained: one judge ranks them all alike
+        (``benchmarks/README.md`` has the figures behind this choice)."""
         if self._assigned is None:
             self._assigned = self._judges()
         return self._assigned
@@ -98,13 +97,8 @@ class BalancedMixture(SchemeSupernet):
         if self.balanced and bool((probs.mean(0) > 0).all()):
             probs = balance(probs, self.tol)  # zeros stay zero: untrained pairs stay out
         assigned = probs.argmax(1)
-        unseen = (~seen).nonzero().flatten()
-        if len(unseen):
-            enc = torch.tensor([self.space.encode(a) for a in self.archs])
-            seen_idx = seen.nonzero().flatten()
-            for chunk in unseen.split(1024):  # bounded memory on a 10,000-arch space
-                nearest = torch.cdist(enc[chunk], enc[seen_idx]).argmin(1)
-                assigned[chunk] = assigned[seen_idx[nearest]]
+        mean = (self.scores * trained).sum(0) / trained.sum(0).clamp_min(1)
+        assigned[~seen] = int(mean.masked_fill(~trained.any(0), float("-inf")).argmax())
         return assigned
 
     def assignment_probs(self, tau: float) -> torch.Tensor:
