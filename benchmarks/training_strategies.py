@@ -1,0 +1,180 @@
+"""Training strategies side by side: which sampler, distillation, optimizer or pruning gives
+the supernet whose subnets are best and best ranked, at the same budget?
+
+Two spaces on cluttered digits: ``jobs/resnet20_pool_tiny.yaml`` (10 pooling layouts) and
+``jobs/vit_tiny.yaml`` (the tiny ViT space). Each variant changes the job's recipe (sandwich
+of 3 subnets, KL distillation) in one respect:
+
+- samplers: ``uniform`` (no teacher, so no distillation), ``bestup``, ``complexity_aware``
+  and ``performance_aware`` (modes ``[max, uniform, min]``: the same teacher and size
+  as the sandwich);
+- distillation: ``alpha_divergence`` in place of KL;
+- optimizer: ``scaled_adam`` with the ``eden`` schedule in place of the job's;
+- SuperTickets: pruning to 50 % and 90 % (reached two thirds into training), with and
+  without regrowth.
+
+Per space, variant and seed (0, 1, 2 by default), as a user runs it:
+
+    raynas fidelity jobs/<job>.yaml seed=<k> train.grad_cosine=true <variant overrides> ...
+
+which trains the supernet and compares it with the picked subnets (spread over FLOPs)
+trained from scratch, cached across variants. Reported per variant, median [min-max] over
+the seeds:
+
+- the inherited validation accuracy of the smallest, median and largest picked subnet;
+- Kendall tau against standalone training;
+- ``grad_cosine``: the mean cosine similarity of consecutive steps' gradients in the last
+  epoch (ElasticViT's measure of gradient conflict; higher is less conflict);
+- the supernet's training time (the sum of its epochs' ``epoch_time_s``), relative to the
+  job's own recipe in the same seed (the command's wall time also counts the standalone
+  trainings, which only the first variant of a seed runs).
+
+The standalone trainings follow each variant's optimizer, learning rate and schedule (the
+fidelity stage trains subnets with the job's recipe), so ``scaled_adam_eden``'s tau is
+against subnets trained with ScaledAdam too; every other variant shares one ground truth.
+
+    python benchmarks/training_strategies.py [--seeds 3] [--epochs N] [--jobs JOB ...]
+        [--variants NAME ...] [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from _common import ROOT, machine_info, raynas_exe, summarize, write_json
+
+NAME = "training_strategies"
+JOBS = {"resnet20_pool_tiny": 10, "vit_tiny": 8}  # job -> subnets compared
+MODES = "train.sampler.options.modes=[max, uniform, min]"
+
+
+def _prune(target: float, regrow: bool, epochs: int) -> list[str]:
+    interval = 1
+    steps = max(1, (2 * epochs) // 3)  # the target is reached two thirds into training
+    return ["train.prune.name=supertickets", f"train.prune.options.target={target}",
+            f"train.prune.options.interval={interval}",
+            f"train.prune.options.step={target / steps:.6f}",
+            f"train.prune.options.regrow={str(regrow).lower()}"]
+
+
+# resnet20_pool_tiny has 10 layouts, 2 per FLOPs level: a bank of the default 20 would never
+# be half full, and performance-aware sampling would never exploit it.
+PER_JOB = {"resnet20_pool_tiny": {"performance_aware": ["train.sampler.options.bank_size=2"]}}
+
+
+def variants(epochs: int, job: str | None = None) -> dict[str, list[str]]:
+    """Variant name -> the job's overrides (``epochs``: the supernet's, for the pruning
+    schedule; ``job``: adds what that job's space needs, ``PER_JOB``)."""
+    extra = PER_JOB.get(job, {})
+    table = {
+        "sandwich_kl": [],
+        "uniform": ["train.sampler.name=uniform", "train.distill=none"],
+        "bestup": ["train.sampler.name=bestup"],
+        "complexity_aware": ["train.sampler.name=complexity_aware", MODES],
+        "performance_aware": ["train.sampler.name=performance_aware", MODES],
+        "alpha_divergence": ["train.distill=alpha_divergence"],
+        "scaled_adam_eden": ["train.optimizer=scaled_adam", "train.lr=0.045",
+                             "train.weight_decay=0", "train.schedule.name=eden",
+                             "train.schedule.options.lr_batches=100",
+                             "train.schedule.options.lr_epochs=2",
+                             "train.schedule.options.warmup_batches=20"],
+        "tickets_50": _prune(0.5, False, epochs),
+        "tickets_50_regrow": _prune(0.5, True, epochs),
+        "tickets_90": _prune(0.9, False, epochs),
+        "tickets_90_regrow": _prune(0.9, True, epochs),
+    }
+    return {name: [*overrides, *extra.get(name, [])] for name, overrides in table.items()}
+
+
+def job_epochs(job: str) -> int:
+    from raynas.config import load_config
+
+    return load_config(ROOT / "jobs" / f"{job}.yaml").train.epochs
+
+
+def run(job: str, variant: str, overrides: list[str], seed: int, cache: Path,
+        epochs: int | None, work: Path) -> dict:
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    out = work / f"{job}-{variant}-{seed}"
+    uri = f"sqlite:///{work / 'mlruns.db'}"
+    name = f"{job}-{variant}-{seed}"
+    cmd = [*raynas_exe(), "fidelity", str(ROOT / "jobs" / f"{job}.yaml"), "--output-dir",
+           str(out), f"seed={seed}", f"name={name}", "train.grad_cosine=true",
+           f"fidelity.subnets={JOBS[job]}", f"fidelity.cache_dir={cache}", *overrides]
+    if epochs:
+        cmd += [f"train.epochs={epochs}", f"fidelity.epochs={epochs}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=work, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode not in (0, 3):  # 3: below fidelity.min_kendall_tau (none is set)
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    summary = json.loads(next(out.rglob("fidelity.json")).read_text())
+    rows = pd.read_parquet(next(out.rglob("fidelity.parquet"))).sort_values("flops")
+    metric = summary["metric"]
+    inherited = rows[f"inherited_{metric}"].tolist()
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(name)
+    train = next(r for r in client.search_runs([exp.experiment_id])
+                 if r.data.tags.get("raynas.stage") == "train")
+    epoch_s = [m.value for m in client.get_metric_history(train.info.run_id, "epoch_time_s")]
+    return {"wall_s": wall, "train_s": sum(epoch_s), "kendall_tau": summary["kendall_tau"],
+            "mean_gap": summary["mean_gap"], "smallest": inherited[0],
+            "median": inherited[len(inherited) // 2], "largest": inherited[-1],
+            "grad_cosine": train.data.metrics.get("grad_cosine"),
+            "sparsity": train.data.metrics.get("prune.sparsity")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="override the jobs' epochs (supernet and standalone)")
+    ap.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
+    ap.add_argument("--variants", nargs="+", choices=list(variants(10)),
+                    help="these only (default: all)")
+    ap.add_argument("--cache", type=Path, help="standalone cache to reuse (default: a new one)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="raynas-strategies-"))
+    cache = args.cache or work / "standalone-cache"
+    runs: dict = {}
+    for job in args.jobs:
+        table = variants(args.epochs or job_epochs(job), job)
+        for seed in range(args.seeds):
+            for variant, overrides in table.items():
+                if args.variants and variant not in args.variants:
+                    continue
+                r = run(job, variant, overrides, seed, cache, args.epochs, work)
+                runs.setdefault(job, {}).setdefault(variant, []).append(r)
+                print(f"{job} {variant} seed {seed}: " + json.dumps(
+                    {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}),
+                    flush=True)
+    keys = ("smallest", "median", "largest", "kendall_tau", "mean_gap", "grad_cosine")
+    summary = {}
+    for job, per in runs.items():
+        base = per.get("sandwich_kl")
+        for variant, rs in per.items():
+            s = {k: summarize([r[k] for r in rs if r[k] is not None]) for k in keys
+                 if any(r[k] is not None for r in rs)}
+            if base and len(base) == len(rs):
+                s["train_vs_sandwich_kl"] = summarize([r["train_s"] / b["train_s"]
+                                                       for r, b in zip(rs, base)])
+            summary.setdefault(job, {})[variant] = s
+            line = "  ".join(f"{k} {v['median']:+.3f}" for k, v in s.items())
+            print(f"{job:20s} {variant:20s} {line}")
+    path = write_json(NAME, {"machine": machine_info(), "epochs": args.epochs,
+                             "seeds": args.seeds, "runs": runs, "summary": summary,
+                             "work_dir": str(work)})
+    print(f"wrote {path} (runs in {work})")
+
+
+if __name__ == "__main__":
+    main()
