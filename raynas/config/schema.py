@@ -1,29 +1,24 @@
-"""Job configuration: frozen pydantic models, YAML loading, dotted overrides, clear errors.
+"""The job file's schema: one frozen pydantic model per section, every key's default and
+range, and what the job derives from them (output and storage paths, tracking URI).
 
-A job file (see ``jobs/``) names the space, the data and one section per stage. Every key
-has a default except ``name`` and ``space``. Overrides on the command line use dotted keys:
-``raynas run jobs/quickstart.yaml train.epochs=5 search.budget=64``.
+What the sections mean together (component names and options, pairs that cannot work) is
+``raynas.config.checks``; reading files and overrides is ``raynas.config``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
-
-from raynas.errors import ConfigError, describe_value
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 
@@ -301,208 +296,3 @@ class JobConfig(_Section):
     def resolved(self) -> dict[str, Any]:
         """The full config with every default filled in (what gets logged)."""
         return self.model_dump(mode="json")
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["train.epochs=5", "search.searcher=optuna_tpe"]`` -> nested dict (YAML values)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"override {pair!r}: expected dotted.key=value, "
-                              f"e.g. train.epochs=5")
-        key, raw = pair.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {pair!r}: {p} is set twice")
-        node[parts[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(merged.get(k), Mapping):
-            merged[k] = _merge(dict(merged[k]), v)
-        else:
-            merged[k] = v
-    return merged
-
-
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: Any = JobConfig
-    for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not (isinstance(field.annotation, type)
-                                 and issubclass(field.annotation, BaseModel)):
-            return None
-        model = field.annotation
-    return model
-
-
-def _is_union_tag(part: Any) -> bool:
-    # pydantic appends the union member it tried (``literal['best']``, ``int``,
-    # ``constrained-int``) to the location of each member's error.
-    return isinstance(part, str) and ("[" in part or "-" in part or part in (
-        "int", "float", "str", "bool", "list", "dict", "tuple", "none"))
-
-
-def _format_error(errors: list[dict[str, Any]], source: str) -> str:
-    first = errors[0]
-    loc = tuple(p for p in first["loc"] if not _is_union_tag(p))
-    where = ".".join(str(p) for p in loc) or "<top level>"
-    value = first.get("input")
-    if first["type"] == "extra_forbidden":
-        model = _model_at(loc)
-        allowed = ", ".join(k for k in (model.model_fields if model else {}) if k != "base_dir")
-        return f"{source}: {where}: unknown key; allowed keys here: {allowed}"
-    if first["type"] == "missing":
-        return f"{source}: {where}: required key is missing"
-    # A union fails once per member: say what each member would have accepted.
-    messages = []
-    for err in errors:
-        if tuple(p for p in err["loc"] if not _is_union_tag(p)) == loc and \
-                err["msg"] not in messages:
-            messages.append(err["msg"])
-    return f"{source}: {where} = {describe_value(value)}: {'; or '.join(messages)}"
-
-
-def build_config(doc: Mapping[str, Any], source: str = "<config>",
-                 overrides: list[str] | None = None, base_dir: str | Path = ".") -> JobConfig:
-    """Validate a job document (plus overrides) into a ``JobConfig``; ConfigError if bad."""
-    if not isinstance(doc, Mapping):
-        raise ConfigError(f"{source}: a job file must be a YAML mapping")
-    data = _merge(dict(doc), parse_overrides(overrides or []))
-    data["base_dir"] = str(Path(base_dir).resolve())
-    try:
-        cfg = JobConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_error(exc.errors(), source)) from None
-    _check_cross_fields(cfg, source)
-    return cfg
-
-
-def _check_cross_fields(cfg: JobConfig, source: str) -> None:
-    from raynas.search.registry import SEARCHERS  # registry is light: no ray import
-
-    try:
-        SEARCHERS.get(cfg.search.searcher)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    _check_components(cfg, source)
-    lat = cfg.latency
-    if lat.model == "lut" and not lat.lut:
-        raise ConfigError(f"{source}: latency.lut is required when latency.model = 'lut' "
-                          "(build one with `raynas latency profile JOB.yaml --lut`)")
-    if lat.model in ("predictor", "flops") and not lat.predictor:
-        raise ConfigError(f"{source}: latency.predictor is required when latency.model = "
-                          f"{lat.model!r} (fit one with `raynas latency fit TABLE`)")
-    if cfg.data.val_fraction + cfg.data.test_fraction >= 0.8:
-        raise ConfigError(f"{source}: data.val_fraction + data.test_fraction = "
-                          f"{cfg.data.val_fraction + cfg.data.test_fraction}: must be < 0.8")
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
-    """Read a job YAML file and apply dotted overrides."""
-    from raynas.space.space import read_yaml
-
-    path = Path(path)
-    return build_config(read_yaml(path, "job file"), str(path), overrides, base_dir=path.parent)
-
-
-def resolve_path(cfg: JobConfig, value: str) -> Path:
-    """A path from the config: as given if it exists (absolute or from the cwd), else relative
-    to the job file's directory."""
-    p = Path(value)
-    if p.is_absolute() or p.exists():
-        return p
-    return Path(cfg.base_dir) / p
-
-
-def _check_optimizer_values(t: TrainConfig) -> None:
-    """Build the optimizer over one dummy parameter: its factory checks its options' values
-    (a ConfigError now, not a failure in every Ray Train worker later)."""
-    import torch
-
-    from raynas.training.optim import OPTIMIZERS
-
-    dummy = [{"params": [torch.zeros(2, requires_grad=True)], "weight_decay": t.weight_decay}]
-    try:
-        OPTIMIZERS.create(t.optimizer.name, t.optimizer.options, groups=dummy, lr=t.lr)
-    except (TypeError, ValueError) as exc:  # torch's own checks (e.g. a negative momentum)
-        raise ConfigError(f"train.optimizer.options = {describe_value(t.optimizer.options)}: "
-                          f"{exc}") from None
-
-
-def _check_components(cfg: JobConfig, source: str) -> None:
-    """Names and options of the training components, and pairs that cannot work."""
-    from raynas.registry import check_options, option_names
-    from raynas.tasks import DATASETS
-    from raynas.training.dropout import DROPOUTS
-    from raynas.training.losses import DISTILLERS
-    from raynas.training.optim import OPTIMIZERS, SCHEDULES
-    from raynas.training.samplers import SAMPLERS
-    from raynas.weights import WEIGHT_SCHEMES
-
-    t = cfg.train
-    try:
-        dataset = DATASETS.get(cfg.data.name)
-        check_options("data.options", cfg.data.name, "dataset", dataset.load,
-                      cfg.data.options, ("task", "path", "val_fraction", "test_fraction",
-                                         "seed"))
-        if dataset.needs_path and not cfg.data.path:
-            raise ConfigError(f"data.path is required when data.name = {cfg.data.name!r}")
-        sampler = SAMPLERS.get(t.sampler.name)
-        check_options("train.sampler.options", t.sampler.name, "sampler", sampler,
-                      t.sampler.options, ("space", "num_subnets", "seed"))
-        distiller = DISTILLERS.get(t.distill.name)
-        check_options("train.distill.options", t.distill.name, "distillation loss",
-                      distiller, t.distill.options)
-        DISTILLERS.create(t.distill.name, t.distill.options)  # checks the options' values
-        check_options("train.optimizer.options", t.optimizer.name, "optimizer",
-                      OPTIMIZERS.get(t.optimizer.name), t.optimizer.options, ("groups", "lr"))
-        _check_optimizer_values(t)
-        DROPOUTS.create(t.dropout.name, t.dropout.options, space=None)  # checks the values
-        SCHEDULES.create(t.schedule.name, t.schedule.options, train=t)  # checks the values
-        check_options("weights.options", cfg.weights.name, "weight scheme",
-                      WEIGHT_SCHEMES.get(cfg.weights.name), cfg.weights.options,
-                      ("space", "build"))
-        _check_pruning(cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    first = (sampler.teaches_first(t.sampler.options) if hasattr(sampler, "teaches_first")
-             else sampler.teacher_first)
-    if distiller.needs_teacher and not first and t.num_subnets > 1:
-        teachers = [n for n in SAMPLERS.names() if SAMPLERS.get(n).teacher_first]
-        modes_hint = (", 'max' first in train.sampler.options.modes"
-                      if "modes" in (option_names(sampler) or ()) else "")
-        raise ConfigError(
-            f"{source}: train.distill = {t.distill.name!r} distils from the largest subnet, "
-            f"but train.sampler = {t.sampler.name!r} does not train it first; use a sampler "
-            f"that does ({', '.join(teachers)}){modes_hint} or train.distill=none")
-
-
-def _check_pruning(cfg: JobConfig) -> None:
-    """``train.prune``'s options and schedule, and what it cannot be combined with."""
-    from raynas.training.pruning import PRUNERS
-
-    t = cfg.train
-    pruner = PRUNERS.create(t.prune.name, t.prune.options, space=None)  # checks the values
-    if pruner is not None and hasattr(pruner, "check_schedule"):
-        pruner.check_schedule(t.epochs)
-    for what, on in ((f"train.prune = {t.prune.name!r}", pruner is not None),
-                     (f"train.init_ticket = {t.init_ticket!r}", bool(t.init_ticket))):
-        if on and cfg.weights.name != "shared":
-            raise ConfigError(f"{what}: masks act on one set of shared weights; "
-                              f"weights = {cfg.weights.name!r} is not supported with it "
-                              "(use weights=shared)")
-    if pruner is not None and t.init_ticket:
-        raise ConfigError(f"train.init_ticket = {t.init_ticket!r}: a ticket's masks are fixed; "
-                          f"train.prune = {t.prune.name!r} cannot prune them further "
-                          "(set train.prune=none)")
