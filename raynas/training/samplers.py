@@ -8,7 +8,8 @@ same on every worker: losses measured on a worker's own shard are averaged over 
 first (``mean_over_workers``), as the loop's candidate scorer does.
 
 Samplers driven by FLOPs (``bestup``, ``worstup``, ``complexity_aware``,
-``performance_aware``) live in ``raynas.training.flops_samplers``.
+``performance_aware``) live in ``raynas.training.flops_samplers`` and
+``raynas.training.level_samplers``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from raynas.space import Arch, SearchSpace
 
 
 def _load_builtin() -> None:
-    from raynas.training import flops_samplers  # noqa: F401
+    from raynas.training import flops_samplers, level_samplers  # noqa: F401
 
 
 SAMPLERS: Registry[type[ArchSampler]] = Registry("sampler", "train.sampler", _load_builtin,

@@ -1,5 +1,6 @@
-"""raynas.training.flops_samplers: BestUp, complexity-aware and performance-aware sampling (no
-Ray, no process group), the gradient-cosine diagnostic and the sampler's place in a step."""
+"""raynas.training.flops_samplers and level_samplers: BestUp, complexity-aware and
+performance-aware sampling (no Ray, no process group), the gradient-cosine diagnostic and the
+sampler's place in a step."""
 
 from __future__ import annotations
 
@@ -11,12 +12,9 @@ from raynas.errors import ConfigError
 from raynas.supernets import create_supernet
 from raynas.tasks import build_task
 from raynas.training.diagnostics import GradientCosine
-from raynas.training.flops_samplers import (
-    BestUpSampler,
-    ComplexityAwareSampler,
-    PerformanceAwareSampler,
-)
+from raynas.training.flops_samplers import BestUpSampler
 from raynas.training.flops_table import counted_flops
+from raynas.training.level_samplers import ComplexityAwareSampler, PerformanceAwareSampler
 from raynas.training.loop import train_epoch
 from raynas.training.losses import DISTILLERS
 from raynas.training.optim import build_optimizer
