@@ -56,3 +56,18 @@ def smoke_run(store) -> dict:
     proc = raynas(["run", str(ROOT / "jobs" / "smoke.yaml"), "--output-dir", str(out)],
                   store["cwd"], store["uri"])
     return {**store, "out": out, "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+def _stage_runs(uri: str, experiment: str) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    return {r.data.tags.get("raynas.stage"): r for r in client.search_runs([exp.experiment_id])}
+
+
+@pytest.fixture(scope="session")
+def stage_runs():
+    """``stage_runs(uri, experiment)``: the experiment's MLflow runs by their
+    ``raynas.stage`` tag (train, search, export, fidelity), for experiments with one of each."""
+    return _stage_runs

@@ -18,30 +18,29 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _train(store, run_cli, name: str, *overrides: str) -> tuple[dict, dict, Path]:
+def _train(store, run_cli, stage_runs, name: str, *overrides: str
+           ) -> tuple[dict, dict, Path]:
     out = store["cwd"] / f"{name}-out"
     run_cli(["train", str(ROOT / "jobs" / "smoke.yaml"), "--output-dir", str(out),
              f"name={name}", "train.epochs=2", *overrides], store["cwd"], store["uri"])
+    run = stage_runs(store["uri"], name)["train"]
     client = MlflowClient(tracking_uri=store["uri"])
-    exp = client.get_experiment_by_name(name)
-    run = next(r for r in client.search_runs([exp.experiment_id])
-               if r.data.tags.get("raynas.stage") == "train")
     history = {k: [m.value for m in client.get_metric_history(run.info.run_id, k)]
                for k in run.data.metrics}
     return run.data.metrics, history, out
 
 
-def test_bestup_workers_agree_and_pick_better_than_chance(store, run_cli):
-    last, history, _ = _train(store, run_cli, "s-bestup", "train.sampler.name=bestup",
+def test_bestup_workers_agree_and_pick_better_than_chance(store, run_cli, stage_runs):
+    last, history, _ = _train(store, run_cli, stage_runs, "s-bestup", "train.sampler.name=bestup",
                               "train.sampler.options.table_size=200", "train.grad_cosine=true")
     assert history["sampler.workers_agree"] == [1.0, 1.0]
     assert all(g > 0 for g in history["sampler.pick_gain"])  # the argmin beat the mean
     assert len(history["grad_cosine"]) == 2 and -1 <= last["grad_cosine"] <= 1
 
 
-def test_complexity_aware_walks_levels_on_every_worker(store, run_cli):
+def test_complexity_aware_walks_levels_on_every_worker(store, run_cli, stage_runs):
     last, history, out = _train(
-        store, run_cli, "s-complexity", "train.sampler.name=complexity_aware",
+        store, run_cli, stage_runs, "s-complexity", "train.sampler.name=complexity_aware",
         "train.sampler.options.levels=3", "train.sampler.options.table_size=30",
         "train.distill=none")
     assert history["sampler.workers_agree"] == [1.0, 1.0]
@@ -54,9 +53,10 @@ def test_complexity_aware_walks_levels_on_every_worker(store, run_cli):
     assert state["level"] == last["sampler.level"]
 
 
-def test_performance_aware_banks_agree_and_are_checkpointed(store, run_cli):
+def test_performance_aware_banks_agree_and_are_checkpointed(store, run_cli, stage_runs):
     last, history, out = _train(
-        store, run_cli, "s-perf", "train.sampler={name: performance_aware, options: {levels: 2, "
+        store, run_cli, stage_runs, "s-perf",
+        "train.sampler={name: performance_aware, options: {levels: 2, "
         "table_size: 30, bank_size: 4, modes: [max, uniform, uniform, min]}}")
     assert history["sampler.workers_agree"] == [1.0, 1.0]
     assert history["sampler.p_bank"] == pytest.approx([0.2, 0.35])  # every half of 2 epochs

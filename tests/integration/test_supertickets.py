@@ -25,13 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "jobs" / "smoke.yaml")
 
 
-def _runs(uri: str, experiment: str) -> dict[str, object]:
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    return {r.data.tags.get("raynas.stage"): r for r in client.search_runs([exp.experiment_id])}
-
-
-def test_prune_export_and_transfer_a_ticket(store, run_cli):
+def test_prune_export_and_transfer_a_ticket(store, run_cli, stage_runs):
     work = store["cwd"] / "tickets"
     work.mkdir()
     # tiny_cnn at 12x12: the smallest canvas cluttered_digits draws on (digits are resized).
@@ -55,7 +49,7 @@ def test_prune_export_and_transfer_a_ticket(store, run_cli):
     for name, mask in masks.items():  # no regrow: the pruned weights are zero
         assert (state["model"][f"{name}.weight"][~mask] == 0).all()
     client = MlflowClient(tracking_uri=store["uri"])
-    train = _runs(store["uri"], "tickets")["train"]
+    train = stage_runs(store["uri"], "tickets")["train"]
     history = sorted(client.get_metric_history(train.info.run_id, "prune.sparsity"),
                      key=lambda m: m.step)
     assert [m.value for m in history] == pytest.approx([0.25, 0.5], abs=1e-4)
@@ -74,7 +68,7 @@ def test_prune_export_and_transfer_a_ticket(store, run_cli):
     model = load_subnet(out / "subnet").state_dict()
     for name, mask in masks.items():
         assert (model[f"{name}.weight"][~mask] == 0).all()
-    export = _runs(store["uri"], "tickets")["export"]
+    export = stage_runs(store["uri"], "tickets")["export"]
     assert export.data.metrics["sparsity"] == pytest.approx(0.5, abs=1e-4)
 
     # A ticket of a smaller subnet, retrained from fresh weights on cluttered digits.
@@ -96,6 +90,6 @@ def test_prune_export_and_transfer_a_ticket(store, run_cli):
         # fresh weights, not the pruned supernet's
         assert not torch.equal(state2["model"][f"{name}.weight"], state["model"][
             f"{name}.weight"])
-    retrain = _runs(store["uri"], "tickets-cluttered")["train"].data.metrics
+    retrain = stage_runs(store["uri"], "tickets-cluttered")["train"].data.metrics
     assert retrain["ticket.sparsity"] == pytest.approx(ticket["sparsity"]["sparsity"])
     assert "val_accuracy_ticket" in retrain  # the ticket's own arch is what gets scored

@@ -20,7 +20,7 @@ EPOCHS, LR = 3, 0.045
 EDEN = {"lr_batches": 20, "lr_epochs": 1, "warmup_batches": 5, "warmup_start": 0.1}
 
 
-def test_todm_recipe_trains_through_ray(store, run_cli):
+def test_todm_recipe_trains_through_ray(store, run_cli, stage_runs):
     out = store["cwd"] / "todm-out"
     run_cli(["train", str(ROOT / "jobs" / "smoke.yaml"), "--output-dir", str(out), "name=todm",
              f"train.epochs={EPOCHS}", f"train.lr={LR}",
@@ -30,9 +30,8 @@ def test_todm_recipe_trains_through_ray(store, run_cli):
              "train.distill.name=alpha_divergence",
              "train.dropout.name=adaptive", "train.dropout.options.p_max=0.2"],
             store["cwd"], store["uri"])
+    runs = stage_runs(store["uri"], "todm")
     client = MlflowClient(tracking_uri=store["uri"])
-    exp = client.get_experiment_by_name("todm")
-    runs = {r.data.tags.get("raynas.stage"): r for r in client.search_runs([exp.experiment_id])}
     params = next(r for r in runs.values() if "train.epochs" in r.data.params).data.params
     assert params["train.optimizer.name"] == "scaled_adam"
     assert params["train.schedule.name"] == "eden"

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from raynas.checkpoint import load_checkpoint
 from raynas.export.serialize import load_subnet
@@ -19,13 +18,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _stage_runs(uri: str, experiment: str) -> dict[str, object]:
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    return {r.data.tags.get("raynas.stage"): r for r in client.search_runs([exp.experiment_id])}
-
-
-def test_balanced_mixture_trains_k_supernets_in_balance(store, run_cli):
+def test_balanced_mixture_trains_k_supernets_in_balance(store, run_cli, stage_runs):
     out = store["cwd"] / "bmix-out"
     run_cli(["run", str(ROOT / "jobs" / "resnet20_pool_tiny.yaml"), "--output-dir", str(out),
              "name=bmix", "weights.name=balanced_mixture", "train.epochs=3",
@@ -38,7 +31,7 @@ def test_balanced_mixture_trains_k_supernets_in_balance(store, run_cli):
     shares = steps.sum(0).float() / steps.sum()
     # ~80 steps over 4 supernets: balancing holds each near 1/4 (binomial sd about 0.05).
     assert ((shares - 0.25).abs() < 0.15).all(), shares
-    runs = _stage_runs(store["uri"], "bmix")
+    runs = stage_runs(store["uri"], "bmix")
     logged = runs["train"].data.metrics
     assert sum(logged[f"weights.supernet{m}_step_share"] for m in range(4)) == pytest.approx(1)
     assert logged["weights.marginal_kl"] < 1e-3
@@ -54,7 +47,7 @@ def test_balanced_mixture_trains_k_supernets_in_balance(store, run_cli):
     assert "Traceback" not in proc.stderr
 
 
-def test_mixture_of_supernets_exports_a_plain_model(store, run_cli):
+def test_mixture_of_supernets_exports_a_plain_model(store, run_cli, stage_runs):
     out = store["cwd"] / "mos-out"
     run_cli(["run", str(ROOT / "jobs" / "smoke.yaml"), "--output-dir", str(out), "name=mos",
              "weights.name=mos_neuron", "weights.options.hidden=16", "search.budget=16",
@@ -67,7 +60,7 @@ def test_mixture_of_supernets_exports_a_plain_model(store, run_cli):
     model = load_subnet(out / "subnet")
     names = {k for k in model.state_dict()}
     assert not any("weight_provider" in k for k in names)
-    export = _stage_runs(store["uri"], "mos")["export"]
+    export = stage_runs(store["uri"], "mos")["export"]
     assert export.data.metrics["max_abs_diff_onnx"] < 1e-4
     # 4 epochs of digits: chance is 0.1 (binomial sd on ~360 test images: 0.016)
     assert export.data.metrics["test_accuracy"] > 0.3

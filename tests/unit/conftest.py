@@ -103,3 +103,15 @@ def tiny_checkpoint(tmp_path_factory, tiny_space) -> Path:
 @pytest.fixture(scope="session")
 def digits_checkpoint(tmp_path_factory, digits_space) -> Path:
     return _make_checkpoint(tmp_path_factory.mktemp("ckpt_digits"), digits_space)
+
+
+@pytest.fixture(scope="session")
+def digits_data(tiny_space):
+    """``(task, data)``: the tiny space's task and the digits splits (the default data
+    section), loaded once; tests take batches of their own size from ``data.train``."""
+    from raynas.config import DataConfig
+    from raynas.tasks import build_task, load_task_data
+
+    task = build_task(tiny_space)
+    return task, load_task_data(task, DataConfig().model_dump())
+

@@ -11,6 +11,7 @@ import json
 import sys
 
 import pytest
+from cli_helpers import assert_one_error_line, cli_runner
 
 from raynas.cli import main
 from raynas.search.results import write_records
@@ -29,34 +30,9 @@ class _StubTracker(NullTracker):
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     monkeypatch.delenv("RAYNAS_SPACES_DIR", raising=False)
     monkeypatch.setattr("raynas.pipeline.MlflowTracker", _StubTracker)
-
-    def run(*argv):
-        capsys.readouterr()
-        rc = main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return run
-
-
-def _ray_not_started():
-    ray = sys.modules.get("ray")
-    return ray is None or not ray.is_initialized()
-
-
-def assert_one_error_line(rc, err, *needles):
-    assert rc == 2
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("raynas: error: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    assert _ray_not_started()
+    return cli_runner(tmp_path, monkeypatch, capsys)
 
 
 # ---- job file and overrides --------------------------------------------------------------------

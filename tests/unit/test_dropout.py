@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raynas.config import DataConfig, TrainConfig
+from raynas.config import TrainConfig
 from raynas.errors import ConfigError
 from raynas.export import extract
 from raynas.latency.measure import count_params
 from raynas.latency.models import flops_of
 from raynas.nn import SubnetDropout, dropout_rates, set_dropout
 from raynas.supernets import build_static, create_supernet, family_names
-from raynas.tasks import build_task, example_args, load_task_data, make_loader
+from raynas.tasks import build_task, example_args, make_loader
 from raynas.training.dropout import DROPOUTS
 from raynas.training.loop import quick_metric, train_epoch, train_step
 from raynas.training.losses import DISTILLERS
@@ -98,9 +98,8 @@ def test_family_dropout_site(family, space_of):
 
 
 @pytest.fixture(scope="module")
-def digits_batch(tiny_space):
-    task = build_task(tiny_space)
-    data = load_task_data(task, DataConfig().model_dump())
+def digits_batch(digits_data):
+    task, data = digits_data
     return task, data, next(iter(make_loader(data.train, 64)))
 
 

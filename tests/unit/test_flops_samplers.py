@@ -10,7 +10,6 @@ import torch
 from raynas.config import TrainConfig
 from raynas.errors import ConfigError
 from raynas.supernets import create_supernet
-from raynas.tasks import build_task
 from raynas.training.diagnostics import GradientCosine
 from raynas.training.flops_samplers import BestUpSampler
 from raynas.training.flops_table import counted_flops
@@ -216,12 +215,10 @@ def _tiny_train(space, batch, sampler, steps, hooks=()):
 
 
 @pytest.fixture(scope="module")
-def batch(tiny_space):
-    from raynas.config import DataConfig
-    from raynas.tasks import load_task_data, make_loader
+def batch(digits_data):
+    from raynas.tasks import make_loader
 
-    task = build_task(tiny_space)
-    data = load_task_data(task, DataConfig().model_dump())
+    task, data = digits_data
     first = next(iter(make_loader(data.train, 32)))
     return (task, data), first["images"], first["labels"]
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
+from cli_helpers import assert_one_error_line, cli_runner
 
 from raynas.checkpoint import save_checkpoint
-from raynas.cli import main
 from raynas.errors import CheckpointError
 from raynas.export import extract
 from raynas.export.serialize import export_subnet, load_subnet
@@ -101,23 +101,7 @@ def test_ticket_needs_masks(tiny_checkpoint, tiny_space):
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
-
-    def run(*argv):
-        capsys.readouterr()
-        rc = main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return run
-
-
-def _one_error(rc, err, *needles):
-    assert rc == 2 and "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, (needle, err)
+    return cli_runner(tmp_path, monkeypatch, capsys)
 
 
 def test_ticket_export_command(cli, pruned_checkpoint, tmp_path):
@@ -131,10 +115,10 @@ def test_ticket_export_command(cli, pruned_checkpoint, tmp_path):
     assert "sparsity 0.600" in out and "train.init_ticket=" in out
     assert load_ticket(tmp_path / "t.pt")["arch"]["s1_depth"] == 2
     rc, _, err = cli("ticket", "export", tmp_path / "nowhere", "--arch", "largest", "-o", "x")
-    _one_error(rc, err, "neither an existing checkpoint or output directory nor an MLflow "
-               "run id")
+    assert_one_error_line(rc, err, "neither an existing checkpoint or output directory nor an "
+                          "MLflow run id")
     rc, _, err = cli("ticket", "export", checkpoint, "--arch", '{"s1_depth": 9}', "-o", "x")
-    _one_error(rc, err, "arch lacks dimension")
+    assert_one_error_line(rc, err, "arch lacks dimension")
 
 
 @pytest.mark.parametrize("overrides, needle", [
@@ -150,7 +134,7 @@ def test_ticket_export_command(cli, pruned_checkpoint, tmp_path):
 ])
 def test_job_errors(cli, quickstart_job, overrides, needle):
     rc, _, err = cli("train", quickstart_job, *overrides)
-    _one_error(rc, err, needle)
+    assert_one_error_line(rc, err, needle)
 
 
 def test_job_with_a_ticket_of_another_space(cli, pruned_checkpoint, quickstart_job, tmp_path,
@@ -158,9 +142,10 @@ def test_job_with_a_ticket_of_another_space(cli, pruned_checkpoint, quickstart_j
     checkpoint, net = pruned_checkpoint
     save_ticket(make_ticket(checkpoint, net.arch.to_dict()), tmp_path / "t.pt")
     rc, _, err = cli("train", quickstart_job, f"train.init_ticket={tmp_path / 't.pt'}")
-    _one_error(rc, err, "was cut from space 'tiny_cnn'", "this job uses space 'digits_cnn'")
+    assert_one_error_line(rc, err, "was cut from space 'tiny_cnn'",
+                          "this job uses space 'digits_cnn'")
     rc, _, err = cli("train", repo_root / "jobs" / "resnet20_pool_tiny.yaml",
                      "train.prune.name=supertickets", "train.prune.options.step=0.5",
                      "train.prune.options.rho=0.0001", "train.epochs=2",
                      "train.prune.options.interval=1")
-    _one_error(rc, err, "family 'resnet20_pool' has no elastic batch norm")
+    assert_one_error_line(rc, err, "family 'resnet20_pool' has no elastic batch norm")

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raynas.config import DataConfig, TrainConfig
+from raynas.config import TrainConfig
 from raynas.supernets import create_supernet
-from raynas.tasks import build_task, load_task_data, make_loader, sample_batches
+from raynas.tasks import build_task, make_loader, sample_batches
 from raynas.training.loop import quick_metric, train_step
 from raynas.training.losses import DISTILLERS, kd_kl
 from raynas.training.optim import build_optimizer, lr_at
@@ -115,9 +115,8 @@ def test_build_optimizer(tiny_space):
 
 # ---- one training step -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def batch(tiny_space):
-    task = build_task(tiny_space)
-    data = load_task_data(task, DataConfig().model_dump())
+def batch(digits_data):
+    task, data = digits_data
     first = next(iter(make_loader(data.train, 64)))
     return (task, data), first["images"], first["labels"]
 
