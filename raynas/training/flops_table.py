@@ -4,7 +4,7 @@ samplers (AttentiveNAS's FLOPs prior, ElasticViT's per-level look-up tables).
 Every worker builds the same table from the same seed (sampling and FLOPs counting are
 deterministic), so nothing of it needs to travel or be checkpointed. FLOPs are those of the
 extracted static subnet on the space's default example input at batch size 1, counted as the
-evaluator and ``raynas latency`` count them (``count_flops``); a table costs one static build
+evaluator and ``raynas latency`` count them (``flops_of``); a table costs one static build
 per distinct arch (about 1-10 ms each for the tiny spaces, 0.1 s for ``vit_elasticvit``).
 """
 
@@ -20,17 +20,16 @@ FlopsFn = Callable[[Arch], int]
 
 
 def counted_flops(space: SearchSpace) -> FlopsFn:
-    """``arch -> FLOPs`` of its static subnet (see the module docstring), cached by arch."""
-    from raynas.latency.measure import count_flops
-    from raynas.supernets import build_static
-    from raynas.tasks import example_args
+    """``arch -> FLOPs`` of its static subnet (``raynas.latency.models.flops_of``, what the
+    evaluator and ``raynas latency`` count), cached by arch."""
+    from raynas.latency.models import flops_of
 
-    example = example_args(space, 1)
+    count = flops_of(space)
     cache: dict[Arch, int] = {}
 
     def flops(arch: Arch) -> int:
         if arch not in cache:
-            cache[arch] = count_flops(build_static(space, arch).eval(), example)
+            cache[arch] = count(arch)
         return cache[arch]
 
     return flops
