@@ -126,6 +126,7 @@ def train_standalone(arch: Mapping[str, Any], settings: Mapping[str, Any],
     from raynas.training.loop import train_epoch
     from raynas.training.losses import NoDistiller
     from raynas.training.optim import build_optimizer
+    from raynas.training.samplers import FixedArchSampler
 
     t0 = time.perf_counter()
     device = settings.get("device", "cpu")
@@ -144,7 +145,7 @@ def train_standalone(arch: Mapping[str, Any], settings: Mapping[str, Any],
     loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=seed,
                          drop_last=len(data.train) >= cfg.batch_size)
     steps = max(1, len(loader))
-    sampler = _OneArch(arch)
+    sampler = FixedArchSampler(space, arch)
     net.train()
     losses: dict[str, float] = {}
     for epoch in range(cfg.epochs):
@@ -156,18 +157,3 @@ def train_standalone(arch: Mapping[str, Any], settings: Mapping[str, Any],
     return {**val, **{f"test_{k}": v for k, v in test.items()},
             "loss_train": losses.get("loss_first", float("nan")), "epochs": cfg.epochs,
             "train_s": time.perf_counter() - t0}
-
-
-class _OneArch:
-    """The sampler of a standalone training: the same arch every step."""
-
-    teacher_first = False
-
-    def __init__(self, arch: Arch):
-        self.arch = arch
-
-    def sample(self, step: int) -> list[Arch]:
-        return [self.arch]
-
-    def feedback(self, step, archs, losses) -> None:
-        """Nothing to learn: the arch is fixed."""

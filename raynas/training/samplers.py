@@ -119,8 +119,9 @@ class DrawLog:
 
 
 class FixedArchSampler(ArchSampler):
-    """One fixed subnet every step (a ticket's arch under ``train.init_ticket``); not a
-    registered sampler. It counts as the teacher-first subnet: alone, nothing distils."""
+    """One fixed subnet every step (a ticket's arch under ``train.init_ticket``, a fidelity
+    report's standalone training); not a registered sampler. It counts as the teacher-first
+    subnet: alone, nothing distils."""
 
     teacher_first = True
 
