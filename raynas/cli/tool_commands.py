@@ -41,11 +41,10 @@ def _float_list(text: str, what: str) -> list[float]:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """``raynas replay``: rerun searchers against a table of evaluated subnets."""
-    import yaml
-
     from raynas.pipeline.job import default_objectives
     from raynas.search.replay import load_table, parse_constraint, parse_objective, replay
     from raynas.space.registry import load_space
+    from raynas.space.space import yaml_value
     from raynas.tasks import default_task
 
     space = load_space(args.space)
@@ -63,7 +62,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--option = {item!r}: write KEY=VALUE")
-        options[key] = yaml.safe_load(value)
+        options[key] = yaml_value(value)
     table = load_table(args.table, space, objectives)
     searchers = args.searcher or ["optuna_nsga2", "random"]
     from raynas.search.registry import searcher_names

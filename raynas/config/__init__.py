@@ -33,6 +33,7 @@ from raynas.config.schema import (  # noqa: F401 (the package's names)
     TrainConfig,
 )
 from raynas.errors import ConfigError, describe_value
+from raynas.space.space import yaml_value
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -44,7 +45,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
                               f"e.g. train.epochs=5")
         key, raw = pair.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = yaml_value(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
         node = out

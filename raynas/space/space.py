@@ -20,6 +20,7 @@ import itertools
 import json
 import math
 import random
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,21 @@ class SearchSpace:
         return _parse_space(read_yaml(path, "search space file"), str(path))
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as users write numbers: ``1e-4`` is a float (YAML 1.1, PyYAML's reading, wants
+    ``1.0e-4`` and would make it a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def yaml_value(text: str) -> Any:
+    """``text`` parsed as YAML (job files, dotted overrides, option values)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+
+
 def read_yaml(path: str | Path, what: str) -> Any:
     """Parse a YAML file; ConfigError (not a traceback) if it is missing, unreadable, not
     UTF-8 text (a binary or compressed file) or malformed."""
@@ -211,7 +227,7 @@ def read_yaml(path: str | Path, what: str) -> Any:
                           f"0x{data[exc.start]:02x} at offset {exc.start} is not UTF-8 "
                           "(a binary or compressed file?)") from None
     try:
-        return yaml.safe_load(text)
+        return yaml_value(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
 

@@ -230,3 +230,12 @@ def test_train_config_standalone():
     assert TrainConfig().epochs == 20
     with pytest.raises(ValidationError):
         TrainConfig(bogus=1)
+
+
+def test_scientific_numbers_without_a_dot_are_floats(tmp_path):
+    """YAML 1.1 reads ``1e-4`` as a string; users mean a number, in a job file or an
+    override."""
+    job = tmp_path / "job.yaml"
+    job.write_text("name: j\nspace: digits_cnn\ntrain: {lr: 1e-3}\n")
+    cfg = load_config(job, ["train.weight_decay=5e-5"])
+    assert cfg.train.lr == 1e-3 and cfg.train.weight_decay == 5e-5
