@@ -1,7 +1,5 @@
 """``python -m raynas``: same as the ``raynas`` command."""
 
-import sys
+from raynas.cli import entry
 
-from raynas.cli import main
-
-sys.exit(main())
+entry()

@@ -290,20 +290,39 @@ def run_in_thread(fn: Callable[[], T], name: str) -> T:
     this job's actors) releases it.
     """
     box: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.is_alive: a join cut short by Ctrl-C falsifies it
 
     def target() -> None:
         try:
             box["result"] = fn()
         except BaseException as exc:  # handed to the main thread, raised there
             box["error"] = exc
+        finally:
+            done.set()
 
     worker = threading.Thread(target=target, name=f"raynas-{name}", daemon=True)
     worker.start()
-    while worker.is_alive():
-        worker.join(0.5)  # short waits: a signal is handled between them
+    try:
+        while not done.wait(0.5):  # short waits: a signal is handled between them
+            pass
+    except BaseException:
+        _LEFT_BEHIND.append(done)
+        raise
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+# The "done" events of worker threads run_in_thread left blocked in Ray (Ctrl-C, a
+# placement timeout).
+_LEFT_BEHIND: list[threading.Event] = []
+
+
+def threads_left_in_ray() -> bool:
+    """Whether a thread that ``run_in_thread`` left behind is still inside Ray. The process
+    must then end with ``os._exit``: Python's own shutdown would finalise Ray's extension
+    under that thread, which can crash the process (SIGSEGV) after its work is done."""
+    return any(not done.is_set() for done in _LEFT_BEHIND)
 
 
 def _say(message: str) -> None:

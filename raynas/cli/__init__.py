@@ -14,7 +14,7 @@ import sys
 from raynas.cli.parser import build_parser
 from raynas.errors import RaynasError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "entry", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,3 +47,22 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
         return 141  # as a process ended by SIGPIPE
+
+
+def entry() -> None:
+    """The ``raynas`` command and ``python -m raynas``: ``main``, then exit with its status.
+
+    When Ctrl-C or a placement timeout left a thread blocked in Ray (see
+    ``runtime.run_in_thread``), everything is already written and closed, but Python's own
+    shutdown could crash under that thread and turn status 2 or 130 into a SIGSEGV; the
+    process then ends at once with its status instead."""
+    import os
+
+    from raynas.runtime import threads_left_in_ray
+
+    status = main()
+    if threads_left_in_ray():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from raynas.cli import entry
 
-from raynas.cli import main
-
-sys.exit(main())
+entry()

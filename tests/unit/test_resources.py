@@ -16,7 +16,13 @@ import pytest
 
 from raynas.config import build_config
 from raynas.pipeline import Job
-from raynas.runtime import ResourceError, check_placeable, describe_resources, run_in_thread
+from raynas.runtime import (
+    ResourceError,
+    check_placeable,
+    describe_resources,
+    run_in_thread,
+    threads_left_in_ray,
+)
 from raynas.tracking import NullTracker
 
 # What ray.cluster_resources() says on a 2-CPU machine.
@@ -121,7 +127,15 @@ def _run_in_thread_checks():
     stuck = threading.Event()
     threading.Timer(0.3, _thread.interrupt_main).start()
     t0 = time.monotonic()
+    assert not threads_left_in_ray()  # those above all returned
     with pytest.raises(KeyboardInterrupt):
         run_in_thread(stuck.wait, "stuck")
     assert time.monotonic() - t0 < 2.0
+    # The blocked thread is remembered: the command then ends with os._exit, not by
+    # finalising Ray under it.
+    assert threads_left_in_ray()
     stuck.set()
+    deadline = time.monotonic() + 5
+    while threads_left_in_ray() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not threads_left_in_ray()  # once it returns, a normal exit again
