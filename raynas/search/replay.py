@@ -83,7 +83,8 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         else:
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
+            with open(path, "rb") as f:  # one handle: a running search may replace it
+                table = pq.read_table(f)
     except (pa.ArrowInvalid, OSError) as e:
         raise ConfigError(f"TABLE = {str(path)!r}: cannot read it as "
                           f"{'CSV' if path.suffix.lower() == '.csv' else 'Parquet'} ({e})") \

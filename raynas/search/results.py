@@ -46,8 +46,13 @@ def write_records(path: str | Path, records: Sequence[dict[str, Any]],
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Records back from a table written by ``write_records`` (``arch`` as a dict)."""
-    table = pq.read_table(path)
+    """Records back from a table written by ``write_records`` (``arch`` as a dict).
+
+    The file is read through one handle: a running search replaces it (``os.replace``) as
+    records arrive, and reading it by name could take its footer from one version and its
+    pages from the next."""
+    with open(path, "rb") as f:
+        table = pq.read_table(f)
     out = []
     for row in table.to_pylist():
         arch = json.loads(row["arch"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -80,3 +82,33 @@ def test_columns_are_the_union_of_record_keys(tmp_path, tiny_space):
                 "latency_measured_ms": 0.6}]
     back = read_records(write_records(tmp_path / "r.parquet", records, tiny_space))
     assert back[0]["latency_measured_ms"] is None and back[1]["latency_measured_ms"] == 0.6
+
+
+def test_a_table_being_replaced_reads_whole(tmp_path, digits_space):
+    # A running search replaces evaluations.parquet as records arrive; a reader (a resumed
+    # job, `raynas replay`, a watcher) must get one version whole, never a footer of one
+    # and pages of the next ("Page was smaller than expected").
+    path = tmp_path / "evals.parquet"
+    records = _records(digits_space, n=200)
+    write_records(path, records[:1], digits_space)
+    stop = threading.Event()
+
+    def writer():
+        n = 1
+        while not stop.is_set():
+            write_records(path, records[:n % 200 + 1], digits_space)
+            n += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    reads = 0
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.5:
+            back = read_records(path)
+            assert 1 <= len(back) <= 200
+            reads += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert reads > 10
