@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,25 @@ from ray.train import UserCallback
 from raynas.config import JobConfig, resolve_path
 from raynas.runtime import Request, run_in_thread
 from raynas.space import SearchSpace
+
+# How often Ray Train's controller polls the workers (its default is 2 s). A worker's
+# ``report`` waits until the controller has taken its previous one, so every epoch lasted at
+# least one poll: on the small jobs of a search space's exploration (sub-second epochs) that
+# wait was most of the training time. A user's RAY_TRAIN_HEALTH_CHECK_INTERVAL_S wins.
+POLL_INTERVAL_S = 0.2
+_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # read by fit() for the controller it starts
+
+
+@contextlib.contextmanager
+def _controller_poll(seconds: float) -> Iterator[None]:
+    if _POLL_ENV in os.environ:
+        yield
+        return
+    os.environ[_POLL_ENV] = str(seconds)
+    try:
+        yield
+    finally:
+        os.environ.pop(_POLL_ENV, None)
 
 
 @dataclass(frozen=True)
@@ -122,7 +144,8 @@ def train_supernet(cfg: JobConfig, space: SearchSpace,
     )
     # fit() in a worker thread: this one stays free for Ctrl-C and for the placement
     # watch's timeout (see run_in_thread).
-    result = run_in_thread(trainer.fit, "train")
+    with _controller_poll(POLL_INTERVAL_S):
+        result = run_in_thread(trainer.fit, "train")
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     return TrainResult(result.checkpoint, dict(result.metrics or {}))

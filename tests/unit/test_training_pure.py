@@ -255,3 +255,21 @@ def test_sampler_feedback_and_state_reach_the_sampler(tiny_space, batch):
     assert [s for s, _, _ in sampler.seen] == [0, 1, 2]
     assert all(n == 2 and len(losses) == 2 and all(v > 0 for v in losses)
                for _, n, losses in sampler.seen)
+
+
+def test_the_controller_polls_often_unless_the_user_says_otherwise(monkeypatch):
+    # A worker's report waits for the controller's next poll: at Ray Train's default (2 s)
+    # every sub-second epoch took 2 s. The interval is set for fit() only, and a user's own
+    # setting is kept.
+    import os
+
+    from raynas.training.trainer import _POLL_ENV, POLL_INTERVAL_S, _controller_poll
+
+    monkeypatch.delenv(_POLL_ENV, raising=False)
+    with _controller_poll(POLL_INTERVAL_S):
+        assert float(os.environ[_POLL_ENV]) == POLL_INTERVAL_S < 2.0
+    assert _POLL_ENV not in os.environ
+    monkeypatch.setenv(_POLL_ENV, "5")
+    with _controller_poll(POLL_INTERVAL_S):
+        assert os.environ[_POLL_ENV] == "5"
+    assert os.environ[_POLL_ENV] == "5"
