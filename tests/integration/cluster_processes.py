@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -38,25 +37,31 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def stop_tree(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM ``proc`` and wait; then SIGKILL whatever of its process tree is left."""
+def stop_tree(proc: subprocess.Popen, grace: float = 5) -> None:
+    """SIGTERM ``proc`` and give it ``grace`` seconds to stop its children itself (``ray
+    start`` then leaves the cluster cleanly); then SIGTERM every process left under it, as
+    ``ray stop`` does to Ray's processes, and SIGKILL whatever is left ``grace`` seconds
+    later. (A head node that has run jobs can take over 30 s to stop on its own.)"""
     try:
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        root = psutil.Process(proc.pid)
+        tree = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         tree = []
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    _, alive = psutil.wait_procs(tree, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+
+    def send(processes, how: str) -> list:
+        for p in processes:
+            try:
+                getattr(p, how)()
+            except psutil.NoSuchProcess:
+                pass
+        return psutil.wait_procs(tree, timeout=grace)[1]
+
+    left = send(tree[:1], "terminate")  # the root alone: a clean stop
+    if left:
+        left = send(left, "terminate")  # everything still there
+    if left:
+        send(left, "kill")
+    proc.wait(10)  # reaped
 
 
 def wait_for(what: str, check, timeout: float, every: float = 0.5):

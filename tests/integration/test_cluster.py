@@ -83,7 +83,12 @@ def _steps(client, run_id: str, metric: str) -> list[int]:
 
 
 def _rows(path: Path) -> list[dict]:
-    return pq.read_table(path).to_pylist() if path.is_file() else []
+    """The table's rows, read through one handle while a driver may be replacing the file
+    (by name, pyarrow can read the footer of one version and the pages of the next)."""
+    if not path.is_file():
+        return []
+    with open(path, "rb") as f:
+        return pq.read_table(f).to_pylist()
 
 
 def _search(cluster, mlflow_server, trained, tmp_path: Path, budget: int, experiment: str):
@@ -102,24 +107,29 @@ def _wait_rows(out: Path, n: int) -> None:
 
 
 # ---- jobs submitted with `ray job submit` ----------------------------------------------------
-def test_submitted_job_spreads_training_measures_on_the_target_and_tracks_to_the_server(
+def test_a_submitted_family_job_spreads_training_measures_on_the_target_and_tracks(
         cluster, mlflow_server, client, tmp_path):
+    """A short version of jobs/vit_tiny.yaml (attention, MBConv) as `ray job submit` runs it:
+    training spread across both nodes, latency timed on the node carrying the target, every
+    stage tracked to the MLflow server."""
     env = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
     env["env_vars"]["MLFLOW_TRACKING_URI"] = mlflow_server.uri  # this server's port
     runtime_env = tmp_path / "runtime_env.yaml"
     runtime_env.write_text(yaml.safe_dump(env))
-    out = tmp_path / "job-out"
     proc = cluster.run(
         ["ray", "job", "submit", "--address", cluster.dashboard, "--working-dir", str(ROOT),
          "--runtime-env", str(runtime_env), "--",
-         "python", "-m", "raynas", "run", "jobs/smoke.yaml", f"latency.resource={TARGET}",
-         "train.placement_strategy=SPREAD", "--output-dir", str(out)], timeout=600)
+         "python", "-m", "raynas", "run", "jobs/vit_tiny.yaml", "train.epochs=2",
+         "data.options.copies=1", "search.budget=16", "search.subnets_per_trial=8",
+         "search.population_size=8", f"latency.resource={TARGET}",
+         "train.placement_strategy=SPREAD", "--output-dir", str(tmp_path / "vit-out")],
+        timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "succeeded" in log, log[-6000:]
 
-    (parent,) = _runs(client, "smoke", "smoke")
+    (parent,) = _runs(client, "vit_tiny", "vit_tiny")
     assert parent.info.status == "FINISHED"
-    stages = {r.data.tags["raynas.stage"]: r for r in _runs(client, "smoke")
+    stages = {r.data.tags["raynas.stage"]: r for r in _runs(client, "vit_tiny")
               if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(stages) == {"train", "search", "export"}
     assert all(r.info.status == "FINISHED" for r in stages.values())
@@ -134,46 +144,18 @@ def test_submitted_job_spreads_training_measures_on_the_target_and_tracks_to_the
 
     # Latency was measured on the node carrying the target resource.
     search = stages["search"]
-    assert search.data.metrics["evaluated"] == 32
+    assert search.data.metrics["evaluated"] == 16
     table = client.download_artifacts(search.info.run_id, "evaluations.parquet", str(tmp_path))
     rows = _rows(Path(table))
-    assert len(rows) == 32
+    assert len(rows) == 16
     assert {r["latency_node"] for r in rows} == {cluster.node_ids["bench"]}
     assert {a.path for a in client.list_artifacts(search.info.run_id)} >= {
         "pareto.parquet", "pareto.png", "search.json"}
 
     export = stages["export"]
-    assert 0 < export.data.metrics["test_accuracy"] <= 1
+    assert export.data.metrics["max_abs_diff_onnx"] < 1e-4
     exported = {a.path for a in client.list_artifacts(export.info.run_id, "subnet")}
     assert {"subnet/model.onnx", "subnet/arch.json"} <= exported
-
-
-def test_a_vision_family_job_is_submitted_and_trains_across_nodes(
-        cluster, mlflow_server, client, tmp_path):
-    """The vit family (attention, MBConv) on cluttered digits, as `ray job submit` runs it:
-    a short version of jobs/vit_tiny.yaml, trained across both nodes."""
-    env = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
-    env["env_vars"]["MLFLOW_TRACKING_URI"] = mlflow_server.uri
-    runtime_env = tmp_path / "runtime_env.yaml"
-    runtime_env.write_text(yaml.safe_dump(env))
-    proc = cluster.run(
-        ["ray", "job", "submit", "--address", cluster.dashboard, "--working-dir", str(ROOT),
-         "--runtime-env", str(runtime_env), "--",
-         "python", "-m", "raynas", "run", "jobs/vit_tiny.yaml", "train.epochs=1",
-         "data.options.copies=1", "search.budget=8", "search.subnets_per_trial=8",
-         "search.population_size=8", "train.placement_strategy=SPREAD", "--output-dir",
-         str(tmp_path / "vit-out")], timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "succeeded" in log, log[-6000:]
-    (parent,) = _runs(client, "vit_tiny", "vit_tiny")
-    stages = {r.data.tags["raynas.stage"]: r for r in _runs(client, "vit_tiny")
-              if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert set(stages) == {"train", "search", "export"}
-    assert all(r.info.status == "FINISHED" for r in stages.values())
-    assert set(stages["train"].data.tags["raynas.train_nodes"].split(",")) == set(
-        cluster.node_ids.values())
-    assert stages["search"].data.metrics["evaluated"] == 8
-    assert stages["export"].data.metrics["max_abs_diff_onnx"] < 1e-4
 
 
 def test_the_cluster_keeps_token_auth_and_loopback_binding(cluster, mlflow_server):
