@@ -4,7 +4,7 @@ A policy gives the dropout rate of each subnet a step trains: the loop sets it o
 supernet's ``SubnetDropout`` modules (``raynas.nn.dropout``) before the subnet's forward
 pass, and back to 0 after the step's last subnet. ``fixed`` gives every subnet one rate (0 by
 default: no dropout, what jobs computed before this option existed); ``adaptive`` scales the
-rate with the subnet's size, as TODM does (PAPERS.md section 4) with the form of HAT's
+rate with the subnet's size, as TODM does (Shangguan et al., ICASSP 2024) with the form of HAT's
 ``calc_dropout``: ``p = p_max * size(subnet) / size(largest)``, so the largest subnet gets
 ``p_max`` and small subnets, which underfit rather than overfit, little dropout.
 """

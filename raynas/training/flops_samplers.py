@@ -1,6 +1,6 @@
-"""Samplers driven by FLOPs: AttentiveNAS's BestUp / WorstUp here (PAPERS.md section 0.4),
-ElasticViT's complexity-aware and performance-aware sampling in ``level_samplers`` (sections
-3.a and 3.d); the option checks both use.
+"""Samplers driven by FLOPs: AttentiveNAS's BestUp / WorstUp here (Wang et
+al., CVPR 2021), ElasticViT's complexity-aware and performance-aware sampling in
+``level_samplers``; the option checks both use.
 
 Each builds a seeded ``FlopsTable`` on its first draw (the same on every worker, so it is not
 checkpointed); what changes during training (the walk's level, the memory banks) is in

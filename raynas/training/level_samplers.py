@@ -1,4 +1,4 @@
-"""ElasticViT's samplers (PAPERS.md sections 3.a and 3.d): complexity-aware sampling walks
+"""ElasticViT's samplers (Tang et al., ICCV 2023): complexity-aware sampling walks
 FLOPs levels a step at a time, and performance-aware sampling adds a memory bank per level.
 Like every FLOPs sampler (see ``flops_samplers``) they draw from a seeded ``FlopsTable`` and
 choose by losses averaged over the workers.
@@ -39,9 +39,9 @@ class ComplexityAwareSampler(ArchSampler):
 
     ``levels`` FLOPs levels at the quantiles of a table of ``levels * table_size`` archs drawn
     from the space: the sorted table cut into equal-count runs, each level's bound half its
-    FLOPs range (PAPERS.md 3.d: "5 levels at quantiles, bound = 1/2 level spacing"; our reading
-    is that the levels tile the space's FLOPs, each holding ``table_size`` archs, its own
-    look-up table). The walk starts at level 0; at every step it moves by a choice of
+    FLOPs range (our CPU-sized reading of the paper: 5 levels at quantiles, the bound half a
+    level's spacing, the levels tiling the space's FLOPs, each holding ``table_size`` archs,
+    its own look-up table). The walk starts at level 0; at every step it moves by a choice of
     (-1, 0, +1), of (0, 0, +1) at the bottom and of (-1, 0, 0) at the top, so consecutive
     steps' levels differ by at most one. Per ``modes`` (one per subnet), a subnet is
     ``uniform`` (a random arch of the level's table), ``min`` (the level's smallest arch, not
@@ -154,7 +154,7 @@ class PerformanceAwareSampler(ComplexityAwareSampler):
 
     ``p_bank`` rises by ``p_bank_inc`` every ``p_bank_every`` of the training (a fraction of
     the epochs), up to ``p_bank_max`` (ElasticViT: 0.2 + 0.15 every 100 of 600 epochs, up to
-    0.95; PAPERS.md 3.d for CPU: every quarter of the training).
+    0.95; sized for CPU jobs: every quarter of the training).
     """
 
     needs_score = True

@@ -1,7 +1,7 @@
 """Pruning interleaved with supernet training (``train.prune``), by registered name.
 
-``supertickets`` is SuperTickets' two-in-one training (You et al., ECCV 2022; PAPERS.md
-section 5): while the supernet trains,
+``supertickets`` is SuperTickets' two-in-one training (You et al., ECCV 2022): while the
+supernet trains,
 
 - every ``interval`` epochs, global magnitude pruning of all conv / linear weights of the
   elastic ops (no bias, no norm) to ``min(target, step * k)`` after the k-th interval: the

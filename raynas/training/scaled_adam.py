@@ -3,12 +3,12 @@
 ScaledAdam is Adam without first-moment bias correction whose step for a tensor is scaled by
 that tensor's RMS, so every tensor moves by about the same *relative* amount per step; every
 ``size_update_period`` steps it also learns the tensor's overall scale (a step in log space).
-Why it suits a supernet (PAPERS.md section 4, [interpretation]): front-sliced sub-tensors that
+Why it suits a supernet (our interpretation): front-sliced sub-tensors that
 differently sized subnets train get comparably scaled updates, and the learned scale absorbs
 magnitude drift.
 
-Written from the algorithm in PAPERS.md section 4 (icefall ``zipformer/optim.py``); the
-choices where the digest leaves room are marked "reading" below. Parameters are processed one
+Written from the algorithm of icefall's ``zipformer/optim.py`` as TODM uses it; the
+choices where its description leaves room are marked "reading" below. Parameters are processed one
 by one (icefall batches tensors of equal shape for speed: the same arithmetic).
 """
 
@@ -73,8 +73,8 @@ class ScaledAdam(torch.optim.Optimizer):
     def _clipping_factor(self) -> float:
         """The factor gradients are multiplied by this step (1: no clipping).
 
-        Reading of icefall's ``_get_clipping_scale`` (PAPERS.md: "2.0 x median of the last
-        100 steps' norms; threshold x2 at steps 10/20/40"): the norm of every step is kept
+        Reading of icefall's ``_get_clipping_scale`` (2.0 x the median of the last 100 steps'
+        norms, the threshold doubled at steps 10, 20 and 40): the norm of every step is kept
         (the last ``clipping_update_period``); the threshold is ``clipping_scale`` x their
         median, re-estimated at steps 10, 20 and 40 (doubled there, the early norms being
         noisy) and every ``clipping_update_period`` steps after; before step 10 nothing is
@@ -195,7 +195,7 @@ class ScaledAdam(torch.optim.Optimizer):
 
 
 class Eden:
-    """icefall's Eden learning-rate schedule (with ScaledAdam; PAPERS.md section 4):
+    """icefall's Eden learning-rate schedule (with ScaledAdam, as TODM trains):
     ``lr * ((step^2 + lr_batches^2) / lr_batches^2)^-0.25 * ((epoch^2 + lr_epochs^2) /
     lr_epochs^2)^-0.25 * warmup``, the warm-up rising linearly from ``warmup_start`` to 1
     over ``warmup_batches`` steps. ``step`` counts optimizer steps from 0; ``epoch`` is the
@@ -203,7 +203,7 @@ class Eden:
     epochs before each one: the first epoch decays nothing).
 
     Defaults: ``lr_batches=7500, lr_epochs=3.5`` (zipformer's train.py), ``warmup_batches
-    500``, ``warmup_start 0.1`` (what PAPERS.md reads in zipformer's train.py; icefall's
+    500``, ``warmup_start 0.1`` (our reading of zipformer's train.py; icefall's
     ``Eden`` class itself defaults to 0.5). A small job wants far smaller ``lr_batches`` and
     ``lr_epochs``: they are where the decay becomes significant."""
 

@@ -1,4 +1,4 @@
-"""ScaledAdam and Eden against numbers worked out here from the formulas (PAPERS.md section 4),
+"""ScaledAdam and Eden against numbers worked out here from icefall's formulas,
 and the loop's schedule choice."""
 
 from __future__ import annotations
