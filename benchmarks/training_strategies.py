@@ -34,7 +34,7 @@ fidelity stage trains subnets with the job's recipe), so ``scaled_adam_eden``'s 
 against subnets trained with ScaledAdam too; every other variant shares one ground truth.
 
     python benchmarks/training_strategies.py [--seeds 3] [--epochs N] [--jobs JOB ...]
-        [--variants NAME ...] [--cache DIR]
+        [--variants NAME ...] [--cache DIR] [--work DIR]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -104,6 +105,10 @@ def run(job: str, variant: str, overrides: list[str], seed: int, cache: Path,
     from mlflow.tracking import MlflowClient
 
     out = work / f"{job}-{variant}-{seed}"
+    done = out / "benchmark-result.json"
+    if done.is_file():  # measured by an earlier invocation with this --work directory
+        return json.loads(done.read_text())
+    shutil.rmtree(out, ignore_errors=True)  # what an interrupted invocation left: again
     uri = f"sqlite:///{work / 'mlruns.db'}"
     name = f"{job}-{variant}-{seed}"
     cmd = [*raynas_exe(), "fidelity", str(ROOT / "jobs" / f"{job}.yaml"), "--output-dir",
@@ -123,14 +128,17 @@ def run(job: str, variant: str, overrides: list[str], seed: int, cache: Path,
     inherited = rows[f"inherited_{metric}"].tolist()
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(name)
-    train = next(r for r in client.search_runs([exp.experiment_id])
-                 if r.data.tags.get("raynas.stage") == "train")
+    train = next(r for r in client.search_runs([exp.experiment_id],
+                                               order_by=["attributes.start_time DESC"])
+                 if r.data.tags.get("raynas.stage") == "train")  # this invocation's
     epoch_s = [m.value for m in client.get_metric_history(train.info.run_id, "epoch_time_s")]
-    return {"wall_s": wall, "train_s": sum(epoch_s), "kendall_tau": summary["kendall_tau"],
-            "mean_gap": summary["mean_gap"], "smallest": inherited[0],
-            "median": inherited[len(inherited) // 2], "largest": inherited[-1],
-            "grad_cosine": train.data.metrics.get("grad_cosine"),
-            "sparsity": train.data.metrics.get("prune.sparsity")}
+    result = {"wall_s": wall, "train_s": sum(epoch_s), "kendall_tau": summary["kendall_tau"],
+              "mean_gap": summary["mean_gap"], "smallest": inherited[0],
+              "median": inherited[len(inherited) // 2], "largest": inherited[-1],
+              "grad_cosine": train.data.metrics.get("grad_cosine"),
+              "sparsity": train.data.metrics.get("prune.sparsity")}
+    done.write_text(json.dumps(result))
+    return result
 
 
 def main() -> None:
@@ -141,9 +149,14 @@ def main() -> None:
     ap.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
     ap.add_argument("--variants", nargs="+", choices=list(variants(10)),
                     help="these only (default: all)")
-    ap.add_argument("--cache", type=Path, help="standalone cache to reuse (default: a new one)")
+    ap.add_argument("--cache", type=Path, help="standalone cache to reuse (default: the work "
+                    "directory's)")
+    ap.add_argument("--work", type=Path, help="work directory (default: a new one); an "
+                    "interrupted benchmark run again with the same one skips the runs it "
+                    "finished")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="raynas-strategies-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="raynas-strategies-"))
+    work.mkdir(parents=True, exist_ok=True)
     cache = args.cache or work / "standalone-cache"
     runs: dict = {}
     for job in args.jobs:
