@@ -52,11 +52,11 @@ def client(mlflow_server):
     return MlflowClient(tracking_uri=mlflow_server.uri)
 
 
-def _raynas(cluster, mlflow_server, args, log: Path):
+def _raynas(cluster, mlflow_server, args, log: Path, **env: str):
     """``python -m raynas ARGS`` as a driver joining the cluster (RAY_ADDRESS)."""
     return cluster.popen([sys.executable, "-m", "raynas", *args], log,
                          env={"RAY_ADDRESS": cluster.gcs,
-                              "MLFLOW_TRACKING_URI": mlflow_server.uri})
+                              "MLFLOW_TRACKING_URI": mlflow_server.uri, **env})
 
 
 def _finish(proc, log: Path, timeout: float = 420) -> str:
@@ -268,20 +268,27 @@ def test_killed_evaluator_restarts_and_every_subnet_is_evaluated_once(
     assert _steps(client, run.info.run_id, "subnet_accuracy") == list(range(64))
 
 
-def test_killed_driver_resumes_the_search_in_the_same_runs(cluster, mlflow_server, client,
-                                                           tmp_path):
+def test_driver_lost_between_parquet_and_mlflow_resumes_in_the_same_runs(
+        cluster, mlflow_server, client, tmp_path):
+    """The driver dies (SIGKILL) at the worst moment: right after a batch of records reached
+    evaluations.parquet and before it reached MLflow. Its job's actors go with it; ``--resume``
+    logs that batch into the same runs, evaluates nothing twice, and every record is one
+    step, once."""
     out = tmp_path / "out"
-    args = ["run", SMOKE, "search.budget=64", "search.subnets_per_trial=4",
+    args = ["run", SMOKE, "search.budget=32", "search.subnets_per_trial=4",
             "tracking.experiment=driver-failure", "--output-dir", str(out)]
-    first = _raynas(cluster, mlflow_server, args, tmp_path / "first.log")
+    first = _raynas(cluster, mlflow_server, args, tmp_path / "first.log",
+                    RAYNAS_TEST_KILL_AT="search.records_written:2")
     try:
-        _wait_rows(out, 12)
-        first.send_signal(signal.SIGKILL)
-        first.wait(30)
+        first.wait(420)
     finally:
         if first.poll() is None:
             first.kill()
+    assert first.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-4000:]
     before = {r["arch_key"]: r["evaluated_at"] for r in _rows(out / "evaluations.parquet")}
+    (search,) = _runs(client, "driver-failure", "search")
+    logged = _steps(client, search.info.run_id, "subnet_accuracy")
+    assert len(logged) < len(before)  # the window: on disk, not in MLflow
     # The killed driver's job ends; Ray reclaims its actors (evaluator, trials).
     wait_for("the killed job's evaluator to go", lambda: not cluster.actors("EvaluatorActor"),
              60)
@@ -291,18 +298,21 @@ def test_killed_driver_resumes_the_search_in_the_same_runs(cluster, mlflow_serve
     assert "resuming job" in text and "train: finished before" in text
 
     rows = _rows(out / "evaluations.parquet")
-    assert len(rows) == 64 and len({r["arch_key"] for r in rows}) == 64
+    assert len(rows) == 32 and len({r["arch_key"] for r in rows}) == 32
     after = {r["arch_key"]: r["evaluated_at"] for r in rows}
     # Nothing evaluated before the kill was evaluated again.
     assert all(after[k] == t for k, t in before.items())
+    # Each record says where its latency was timed: the evaluator actor's Ray node.
+    assert {r["latency_node"] for r in rows} <= set(cluster.node_ids.values())
     # One job, one run per stage, all finished: the resumed job logged into the same runs.
     runs = _runs(client, "driver-failure")
     stages = sorted(r.data.tags["raynas.stage"] for r in runs)
     assert stages == ["export", "search", "smoke", "train"]
     assert all(r.info.status == "FINISHED" for r in runs)
     (search,) = [r for r in runs if r.data.tags["raynas.stage"] == "search"]
-    assert _steps(client, search.info.run_id, "subnet_accuracy") == list(range(64))
-    assert search.data.metrics["evaluated"] == 64
+    for metric in ("subnet_accuracy", "subnet_latency_ms"):
+        assert _steps(client, search.info.run_id, metric) == list(range(32)), metric
+    assert search.data.metrics["evaluated"] == 32
 
 
 def test_an_idle_node_leaving_and_joining_does_not_break_a_search(
