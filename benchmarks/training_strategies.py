@@ -9,7 +9,10 @@ of 3 subnets, KL distillation) in one respect:
   and ``performance_aware`` (modes ``[max, uniform, min]``: the same teacher and size
   as the sandwich);
 - distillation: ``alpha_divergence`` in place of KL;
-- optimizer: ``scaled_adam`` with the ``eden`` schedule in place of the job's;
+- optimizer: ``scaled_adam`` with the ``eden`` schedule in place of the job's (SGD with
+  momentum for resnet20_pool_tiny, AdamW for vit_tiny);
+- ``todm``: TODM's whole recipe, alpha-divergence, adaptive dropout (``p_max`` 0.2) and
+  ScaledAdam with ``eden``;
 - SuperTickets: pruning to 50 % and 90 % (reached two thirds into training), with and
   without regrowth.
 
@@ -27,11 +30,15 @@ the seeds:
   epoch (ElasticViT's measure of gradient conflict; higher is less conflict);
 - the supernet's training time (the sum of its epochs' ``epoch_time_s``), relative to the
   job's own recipe in the same seed (the command's wall time also counts the standalone
-  trainings, which only the first variant of a seed runs).
+  trainings, which only the first variant of a seed runs);
+- ``cost_vs_largest_standalone``: the supernet's core-seconds (training time x the cores its
+  workers hold) over the largest picked subnet's standalone training (one thread, the same
+  epochs): TODM's "supernet cost" against one standalone run of the largest model.
 
 The standalone trainings follow each variant's optimizer, learning rate and schedule (the
 fidelity stage trains subnets with the job's recipe), so ``scaled_adam_eden``'s tau is
-against subnets trained with ScaledAdam too; every other variant shares one ground truth.
+against subnets trained with ScaledAdam too; ``todm`` shares that ground truth (standalone
+subnets train without dropout); every other variant shares one ground truth.
 
     python benchmarks/training_strategies.py [--seeds 3] [--epochs N] [--jobs JOB ...]
         [--variants NAME ...] [--cache DIR] [--work DIR]
@@ -64,6 +71,10 @@ def _prune(target: float, regrow: bool, epochs: int) -> list[str]:
             f"train.prune.options.regrow={str(regrow).lower()}"]
 
 
+SCALED_ADAM = ["train.optimizer=scaled_adam", "train.lr=0.045", "train.weight_decay=0",
+               "train.schedule.name=eden", "train.schedule.options.lr_batches=100",
+               "train.schedule.options.lr_epochs=2", "train.schedule.options.warmup_batches=20"]
+
 # resnet20_pool_tiny has 10 layouts, 2 per FLOPs level: a bank of the default 20 would never
 # be half full, and performance-aware sampling would never exploit it.
 PER_JOB = {"resnet20_pool_tiny": {"performance_aware": ["train.sampler.options.bank_size=2"]}}
@@ -80,11 +91,9 @@ def variants(epochs: int, job: str | None = None) -> dict[str, list[str]]:
         "complexity_aware": ["train.sampler.name=complexity_aware", MODES],
         "performance_aware": ["train.sampler.name=performance_aware", MODES],
         "alpha_divergence": ["train.distill=alpha_divergence"],
-        "scaled_adam_eden": ["train.optimizer=scaled_adam", "train.lr=0.045",
-                             "train.weight_decay=0", "train.schedule.name=eden",
-                             "train.schedule.options.lr_batches=100",
-                             "train.schedule.options.lr_epochs=2",
-                             "train.schedule.options.warmup_batches=20"],
+        "scaled_adam_eden": SCALED_ADAM,
+        "todm": ["train.distill=alpha_divergence", "train.dropout.name=adaptive",
+                 "train.dropout.options.p_max=0.2", *SCALED_ADAM],
         "tickets_50": _prune(0.5, False, epochs),
         "tickets_50_regrow": _prune(0.5, True, epochs),
         "tickets_90": _prune(0.9, False, epochs),
@@ -93,10 +102,10 @@ def variants(epochs: int, job: str | None = None) -> dict[str, list[str]]:
     return {name: [*overrides, *extra.get(name, [])] for name, overrides in table.items()}
 
 
-def job_epochs(job: str) -> int:
+def job_train(job: str):
     from raynas.config import load_config
 
-    return load_config(ROOT / "jobs" / f"{job}.yaml").train.epochs
+    return load_config(ROOT / "jobs" / f"{job}.yaml").train
 
 
 def run(job: str, variant: str, overrides: list[str], seed: int, cache: Path,
@@ -107,7 +116,7 @@ def run(job: str, variant: str, overrides: list[str], seed: int, cache: Path,
     out = work / f"{job}-{variant}-{seed}"
     done = out / "benchmark-result.json"
     if done.is_file():  # measured by an earlier invocation with this --work directory
-        return json.loads(done.read_text())
+        return {**json.loads(done.read_text()), **_standalone_cost(out)}
     shutil.rmtree(out, ignore_errors=True)  # what an interrupted invocation left: again
     uri = f"sqlite:///{work / 'mlruns.db'}"
     name = f"{job}-{variant}-{seed}"
@@ -138,7 +147,16 @@ def run(job: str, variant: str, overrides: list[str], seed: int, cache: Path,
               "grad_cosine": train.data.metrics.get("grad_cosine"),
               "sparsity": train.data.metrics.get("prune.sparsity")}
     done.write_text(json.dumps(result))
-    return result
+    return {**result, **_standalone_cost(out)}
+
+
+def _standalone_cost(out: Path) -> dict:
+    """The largest picked subnet's standalone training time (one thread; cached results keep
+    the time of the run that trained them)."""
+    import pandas as pd
+
+    rows = pd.read_parquet(next(out.rglob("fidelity.parquet")))
+    return {"largest_standalone_s": float(rows.sort_values("flops")["train_s"].iloc[-1])}
 
 
 def main() -> None:
@@ -159,8 +177,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     cache = args.cache or work / "standalone-cache"
     runs: dict = {}
+    cores: dict[str, float] = {}  # job -> cores its supernet training holds
     for job in args.jobs:
-        table = variants(args.epochs or job_epochs(job), job)
+        train = job_train(job)
+        cores[job] = train.num_workers * train.cpus_per_worker
+        table = variants(args.epochs or train.epochs, job)
         for seed in range(args.seeds):
             for variant, overrides in table.items():
                 if args.variants and variant not in args.variants:
@@ -177,6 +198,8 @@ def main() -> None:
         for variant, rs in per.items():
             s = {k: summarize([r[k] for r in rs if r[k] is not None]) for k in keys
                  if any(r[k] is not None for r in rs)}
+            s["cost_vs_largest_standalone"] = summarize(
+                [cores[job] * r["train_s"] / r["largest_standalone_s"] for r in rs])
             if base and len(base) == len(rs):
                 s["train_vs_sandwich_kl"] = summarize([r["train_s"] / b["train_s"]
                                                        for r, b in zip(rs, base)])
