@@ -269,8 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hard limit: violating subnets never count (repeatable)")
     p.add_argument("--reference", metavar="V[,V...]",
                    help="hypervolume reference point, one value per objective (default: "
-                        "each objective's worst value in the table, 10%% of its range beyond: "
-                        "the rule a search uses too)")
+                        "the worst value of each objective on the table's true front, 10%% "
+                        "of the front's range beyond: the rule a search uses too); warned "
+                        "of when it shuts out front points or lies far beyond the front")
     p.add_argument("--missing", choices=("error", "skip"), default="error",
                    help="a proposed arch not in the table: stop with an error (default) or "
                         "skip it (told as failed, not counted against the budget)")

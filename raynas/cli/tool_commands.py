@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from raynas.errors import ConfigError, RaynasError
@@ -40,19 +41,31 @@ def _float_list(text: str, what: str) -> list[float]:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """``raynas replay``: rerun searchers against a table of evaluated subnets."""
-    from raynas.pipeline.job import default_objectives
-    from raynas.search.replay import load_table, parse_constraint, parse_objective, replay
+    """``raynas replay``: rerun searchers against a table of evaluated subnets. Every
+    argument is checked before the table is read."""
+    import sys
+
+    from raynas.search.registry import create_searcher, searcher_names
+    from raynas.search.replay import (
+        check_budgets,
+        load_table,
+        parse_constraint,
+        parse_objective,
+        reference_warnings,
+        replay,
+    )
     from raynas.space.registry import load_space
     from raynas.space.space import yaml_value
-    from raynas.tasks import default_task
 
     space = load_space(args.space)
-    objectives = ([parse_objective(o) for o in args.objective] if args.objective
-                  else list(default_objectives(default_task(space))))
+    objectives = ([parse_objective(o) for o in args.objective or ()]
+                  or _default_objectives(space))
     constraints = [parse_constraint(c) for c in args.constraint]
-    budgets = [int(b) for b in _float_list(args.budget, "--budget")]
+    budgets = check_budgets([int(b) for b in _float_list(args.budget, "--budget")])
     reference = _float_list(args.reference, "--reference") if args.reference else None
+    if reference is not None and len(reference) != len(objectives):
+        raise ConfigError(f"--reference = {args.reference!r}: give one value per objective, "
+                          f"{len(objectives)} ({', '.join(o.name for o in objectives)})")
     if args.seeds < 1:
         raise ConfigError(f"--seeds = {args.seeds}: must be at least 1")
     if args.batch < 1:
@@ -63,18 +76,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise ConfigError(f"--option = {item!r}: write KEY=VALUE")
         options[key] = yaml_value(value)
-    table = load_table(args.table, space, objectives)
     searchers = args.searcher or ["optuna_nsga2", "random"]
-    from raynas.search.registry import searcher_names
-
     for name in searchers:
         if name not in searcher_names():
             raise ConfigError(f"--searcher = {name!r}: unknown; choose one of "
                               f"{', '.join(searcher_names())}")
+        try:  # each searcher's options, checked by building it once
+            create_searcher(name, space=space, objectives=objectives, constraints=constraints,
+                            seed=0, **options)
+        except ConfigError as e:
+            raise ConfigError(re.sub(r"^search\.options\.(\S+) = ", r"--option \1=", str(e))) \
+                from None
+    table = load_table(args.table, space, objectives)
+    size = len(table.records)
+    if budgets[-1] > size:
+        print(f"[raynas] --budget {','.join(str(b) for b in budgets if b > size)}: the table "
+              f"holds {size} distinct subnets; reported at {size}", flush=True)
+        budgets = sorted({min(b, size) for b in budgets})
     front = table.true_front(constraints)
-    print(f"[raynas] replay {args.table}: {len(table.records)} distinct subnets "
+    print(f"[raynas] replay {args.table}: {size} distinct subnets "
           f"({table.rows} rows, {table.dropped} without objective values), true front "
           f"{len(front)} points", flush=True)
+    for line in reference_warnings(table, reference, constraints) if reference else ():
+        print(f"raynas: warning: {line}", file=sys.stderr, flush=True)
     reports = []
     for name in searchers:
         report = replay(table, name, budgets, range(args.seeds), constraints, reference,
@@ -86,12 +110,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     ref = ", ".join(f"{o.name}={v:g}" for o, v in zip(objectives, reports[0].reference))
     print(f"reference point {ref}; true hypervolume {reports[0].true_hypervolume:.6g}")
     print(f"{'SEARCHER':<16}" + "".join(f"{'N=' + str(b):>22}" for b in reports[0].budgets))
+    short = False
     for r in reports:
         cells = []
         for b in r.budgets:
             med, lo, hi = r.summary(b)
-            cells.append(f"{med:.3f} [{lo:.3f}-{hi:.3f}]")
+            mark = "*" if min(r.evaluated) < b else ""  # ran dry before b in some seed
+            short = short or bool(mark)
+            cells.append(f"{med:.3f} [{lo:.3f}-{hi:.3f}]{mark}")
         print(f"{r.searcher:<16}" + "".join(f"{c:>22}" for c in cells))
+    if short:
+        print("* the searcher proposed no new subnet before N in some seed (see "
+              "'evaluated' with --out): the figure is for fewer subnets")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"table": args.table, "space": space.name,
@@ -101,6 +131,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
                                              indent=2))
         print(f"[raynas] report -> {args.out}")
     return 0
+
+
+def _default_objectives(space) -> list:
+    from raynas.pipeline.job import default_objectives
+    from raynas.tasks import default_task
+
+    if space.family is None:
+        raise ConfigError(f"--objective: space {space.name!r} declares no family, so its "
+                          "metric is not known; name each objective, e.g. --objective "
+                          "accuracy:max --objective latency_ms:min")
+    return list(default_objectives(default_task(space)))
 
 
 def cmd_spaces_list(args: argparse.Namespace) -> int:
@@ -120,7 +161,8 @@ def cmd_spaces_list(args: argparse.Namespace) -> int:
             rows.append((path.stem, "?", "invalid", f"{path}  ({exc})"))
             continue
         size = space.size()
-        rows.append((space.name, space.family, f"{size:,}" if size else "infinite", str(path)))
+        rows.append((space.name, space.family or "-", f"{size:,}" if size else "infinite",
+                     str(path)))
     # Columns as wide as their longest entry: family names and subnet counts vary a lot.
     rows.insert(0, ("NAME", "FAMILY", "SUBNETS", "FILE"))
     w = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -135,7 +177,7 @@ def cmd_spaces_show(args: argparse.Namespace) -> int:
 
     space = load_space(args.name)
     size = space.size()
-    print(f"{space.name}  (family {space.family}, "
+    print(f"{space.name}  (family {space.family or 'none: replay only'}, "
           f"{f'{size:,}' if size else 'infinitely many'} subnets, "
           f"encoding {space.encoding_size} floats, fingerprint {space.fingerprint})")
     if space.description:

@@ -142,7 +142,7 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
         plot_pareto(records, front, job.out / "pareto.png",
                     title=f"{cfg.name}: {space.name} ({s.searcher})",
                     latency_budget_ms=s.latency_budget_ms, metric=job.objectives[0].name)
-        reference = default_reference(job.objectives, records)
+        reference = default_reference(job.objectives, records, job.constraints)
         unique = len({r["arch_key"] for r in records})
         metrics = {
             "evaluated": len(records), "unique_subnets": unique, "front_size": len(front),

@@ -29,12 +29,18 @@ def feasible(records: Sequence[Mapping[str, Any]],
 
 
 def pareto_mask(losses: np.ndarray) -> np.ndarray:
-    """True for rows no other row dominates (all <=, one <); duplicates all stay."""
-    n = len(losses)
-    mask = np.ones(n, dtype=bool)
-    for i in range(n):
-        dominated = np.all(losses <= losses[i], axis=1) & np.any(losses < losses[i], axis=1)
-        mask[i] = not dominated.any()
+    """True for rows no other row dominates (all <=, one <); duplicates all stay. A row with
+    a NaN is compared with nothing: it stays, and dominates no other row.
+
+    moocore's non-dominated filter: O(n log n) for 2 and 3 objectives (a 15,625-row table
+    in milliseconds, where comparing every pair took 9 s)."""
+    losses = np.asarray(losses, dtype=float)
+    mask = np.ones(len(losses), dtype=bool)
+    if losses.size == 0:
+        return mask
+    rows = ~np.isnan(losses).any(axis=1)
+    if rows.any():
+        mask[rows] = moocore.is_nondominated(losses[rows], keep_weakly=True)
     return mask
 
 
@@ -54,32 +60,39 @@ def pareto_front(records: Sequence[Mapping[str, Any]], objectives: Sequence[Obje
     return sorted(front, key=lambda r: (float(r[last.name]), sign * float(r[first.name])))
 
 
-#: How far beyond each objective's worst value the default reference point lies, as a share
-#: of that objective's range over the records.
+#: How far beyond the front's worst value of each objective the default reference point lies,
+#: as a share of that objective's range over the front.
 REFERENCE_MARGIN = 0.1
 
 
 def default_reference(objectives: Sequence[Objective],
-                      records: Iterable[Mapping[str, Any]]) -> list[float]:
+                      records: Iterable[Mapping[str, Any]],
+                      constraints: Sequence[Constraint] = ()) -> list[float]:
     """The hypervolume reference point raynas uses wherever none is given: by a search (its
     ``hypervolume`` metric), by ``raynas replay`` and by the benchmarks.
 
-    In metric units, one value per objective: the objective's worst value over ``records``
-    (the lowest of a maximised metric, the highest of a minimised one), pushed further out by
-    ``REFERENCE_MARGIN`` (10%) of its range (best minus worst), so the worst points still add
-    volume. The rule assumes nothing about a metric's scale, sign or bounds, so it serves
-    accuracy in [0, 1], BLEU in [0, 100], a WER above 1 or a negative log-likelihood alike;
-    rescaling or shifting a metric moves the point with it, and hypervolume ratios against
-    it do not change. An objective with one value only has no range: the margin is then 10%
-    of that value's magnitude, or 1 when it is 0. Non-finite values are ignored.
+    In metric units, one value per objective: the worst value of that objective over the Pareto
+    front of the feasible ``records`` (the front's nadir), pushed further out by
+    ``REFERENCE_MARGIN`` (10%) of the front's range in it, so the front's extreme points still
+    add volume. Placing it by the front, not by the worst record, keeps the volume on the trade-
+    offs users choose from: a reference behind the table's worst subnets (or one slow outlier)
+    gives any scattered set of subnets most of the volume: random search reached 0.87 of a
+    2,592-subnet table's hypervolume after 50 subnets that way, 0.57 against the front's nadir
+    (medians of 10 seeds). The rule assumes nothing about a metric's scale, sign or bounds
+    (accuracy in [0, 1], BLEU in [0, 100], a WER above 1); rescaling or shifting a metric moves
+    the point with it, and hypervolume ratios against it do not change. An objective the front
+    holds one value of has no range: the margin is then 10% of that value's magnitude, or 1 when
+    it is 0. Non-finite values are ignored; with no feasible record the rule falls back to all
+    records.
 
     The point depends on the records: compare hypervolumes only against one reference (replay
     computes it once from its whole table; a search logs it as ``hypervolume.reference``).
     """
     records = list(records)
+    front = pareto_front(records, objectives, constraints) or records
     ref = []
     for o in objectives:
-        values = [v for v in (float(r[o.name]) for r in records) if math.isfinite(v)]
+        values = [v for v in (float(r[o.name]) for r in front) if math.isfinite(v)]
         if not values:
             raise ValueError(f"default_reference: no finite value of {o.name!r} to place the "
                              "reference point by")

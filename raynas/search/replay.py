@@ -29,7 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from raynas.errors import ArchError, ConfigError
-from raynas.search.pareto import default_reference, hypervolume, pareto_front
+from raynas.search.pareto import (
+    REFERENCE_MARGIN,
+    default_reference,
+    hypervolume,
+    pareto_front,
+)
 from raynas.search.searchers import Constraint, Objective
 from raynas.space import Choice, FloatRange, IntRange, PerLayer, SearchSpace
 
@@ -54,6 +59,50 @@ def parse_constraint(text: str) -> Constraint:
         raise ConfigError(f"--constraint = {text!r}: write METRIC<=LIMIT, e.g. "
                           "latency_ms<=0.5")
     return Constraint(name.strip(), value)
+
+
+def check_budgets(budgets: Sequence[int], size: int | None = None) -> list[int]:
+    """Distinct, sorted, positive budgets; with the table's ``size``, none above it (a replay
+    cannot evaluate more distinct subnets than the table holds)."""
+    out = sorted(set(int(b) for b in budgets))
+    if not out or out[0] < 1:
+        raise ConfigError(f"--budget = {list(budgets)!r}: give positive integers, e.g. "
+                          "50,100,200")
+    if size is not None and out[-1] > size:
+        raise ConfigError(f"--budget = {out[-1]}: the table holds {size} distinct subnets; "
+                          f"give budgets up to {size}")
+    return out
+
+
+def reference_warnings(table: ReplayTable, reference: Sequence[float],
+                       constraints: Sequence[Constraint] = ()) -> list[str]:
+    """What makes a user's reference point a poor yardstick, one line each: true-front points
+    it shuts out (they add no volume, so a searcher gains nothing by finding them), and an
+    objective where it lies so far beyond the front (over 10 times the front's range, a value
+    in other units, such as 0.9 for a percent column) that any subnet near the front scores
+    close to 1."""
+    front = table.true_front(constraints)
+    if not front:
+        return []
+    out = []
+    beaten = [r for r in front if all(
+        (float(r[o.name]) > v) if o.direction == "max" else (float(r[o.name]) < v)
+        for o, v in zip(table.objectives, reference))]
+    if 0 < len(beaten) < len(front):
+        out.append(f"--reference {','.join(f'{v:g}' for v in reference)} shuts out "
+                   f"{len(front) - len(beaten)} of the true front's {len(front)} points (not "
+                   "better than it in every objective): finding them adds nothing")
+    for o, v in zip(table.objectives, reference):
+        values = [float(r[o.name]) for r in front]
+        worst = min(values) if o.direction == "max" else max(values)
+        scale = (max(values) - min(values)) or abs(worst) * REFERENCE_MARGIN or 1.0
+        beyond = (worst - v) if o.direction == "max" else (v - worst)
+        if beyond > 10 * scale:
+            out.append(f"--reference {o.name}={v:g} lies {beyond / scale:.0f}x the true "
+                       f"front's range of {o.name} beyond its worst value there ({worst:g}): "
+                       f"any subnet near the front scores close to 1; is it in the column's "
+                       "units?")
+    return out
 
 
 @dataclass
@@ -263,13 +312,11 @@ def replay(table: ReplayTable, searcher: str, budgets: Sequence[int], seeds: Seq
     its budget, so this equals a shorter run)."""
     from raynas.search.registry import create_searcher
 
-    budgets = sorted(set(int(b) for b in budgets))
-    if not budgets or budgets[0] < 1:
-        raise ConfigError(f"--budget = {budgets!r}: give positive integers, e.g. 50,100,200")
-    # The default is the rule a live search uses too, over the whole table: one reference
-    # for every searcher, seed and budget.
+    budgets = check_budgets(budgets, len(table.records))
+    # The default is the rule a live search uses too, over the whole table (so at its true
+    # front): one reference for every searcher, seed and budget.
     reference = (list(reference) if reference is not None
-                 else default_reference(table.objectives, table.records.values()))
+                 else default_reference(table.objectives, table.records.values(), constraints))
     if len(reference) != len(table.objectives):
         raise ConfigError(f"--reference = {reference!r}: give one value per objective "
                           f"({', '.join(o.name for o in table.objectives)})")

@@ -3,7 +3,8 @@
 A space file (see ``search_spaces/``)::
 
     name: digits_cnn
-    family: cnn                 # registered supernet family that serves this space
+    family: cnn                 # registered supernet family that serves this space (a space
+                                # without one serves `raynas replay` only: nothing to train)
     description: ...
     model: {...}                # fixed, family-specific settings (input size, classes, ...)
     dims:
@@ -38,7 +39,7 @@ _DIM_TYPES = ("choice", "int", "float", "per_layer")
 @dataclass(frozen=True)
 class SearchSpace:
     name: str
-    family: str
+    family: str | None  # None: a table-only space (replay), no supernet to build
     dims: tuple[Dim, ...]
     model: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
@@ -190,7 +191,16 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
-        return _parse_space(read_yaml(path, "search space file"), str(path))
+        """A space file, its family checked against the registered ones."""
+        space = _parse_space(read_yaml(path, "search space file"), str(path))
+        if space.family is not None:
+            from raynas.supernets import family_names
+
+            if space.family not in family_names():
+                raise ConfigError(f"{path}: family = {space.family!r}: unknown supernet "
+                                  f"family; choose one of {', '.join(family_names())}, or "
+                                  "leave it out for a space that is only replayed")
+        return space
 
 
 class _Loader(yaml.SafeLoader):
@@ -242,13 +252,15 @@ def _parse_space(doc: Any, source: str) -> SearchSpace:
     for k in doc:
         if k not in allowed_top:
             raise fail(k, doc[k], f"unknown key; allowed: {', '.join(sorted(allowed_top))}")
-    for k in ("name", "family", "dims"):
+    for k in ("name", "dims"):
         if k not in doc:
             raise ConfigError(f"{source}: missing required key {k!r}")
     if not isinstance(doc["name"], str) or not doc["name"]:
         raise fail("name", doc["name"], "must be a non-empty string")
-    if not isinstance(doc["family"], str):
-        raise fail("family", doc["family"], "must be a registered family name")
+    family = doc.get("family")
+    if family is not None and (not isinstance(family, str) or not family):
+        raise fail("family", family, "must be a registered family name (or left out for a "
+                   "space that is only replayed)")
     model = doc.get("model") or {}
     if not isinstance(model, Mapping):
         raise fail("model", model, "must be a mapping of family settings")
@@ -318,7 +330,7 @@ def _parse_space(doc: Any, source: str) -> SearchSpace:
     dims.sort(key=lambda d: order.index(d.name))
     return SearchSpace(
         name=doc["name"],
-        family=doc["family"],
+        family=family,
         dims=tuple(dims),
         model=dict(model),
         description=str(doc.get("description", "")).strip(),

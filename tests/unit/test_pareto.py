@@ -86,6 +86,19 @@ class TestFront:
         assert pareto_mask(losses).tolist() == [True, True, False, True, False]
         assert pareto_mask(np.zeros((0, 2))).tolist() == []
 
+    @pytest.mark.parametrize("n_obj", [1, 2, 3, 4])
+    def test_mask_agrees_with_comparing_every_pair(self, n_obj):
+        """Ties, duplicates, infinities and NaN rows (compared with nothing), against the
+        definition: a row is dropped when another is <= everywhere and < somewhere."""
+        rng = np.random.default_rng(n_obj)
+        for _ in range(100):
+            losses = rng.integers(0, 4, (int(rng.integers(1, 40)), n_obj)).astype(float)
+            losses[rng.random(losses.shape) < 0.03] = np.inf
+            losses[rng.random(len(losses)) < 0.05, 0] = np.nan
+            want = [not any(np.all(other <= row) and np.any(other < row) for other in losses)
+                    for row in losses]
+            assert pareto_mask(losses).tolist() == want
+
     def test_feasible(self):
         recs = [_r("a", 0.5, 1.0), _r("b", 0.5, 2.0)]
         assert _keys(feasible(recs, (Constraint("latency_ms", 1.5),))) == ["a"]
@@ -182,6 +195,19 @@ class TestReference:
         moved_ratio = (hypervolume(moved[:2], objs, default_reference(objs, moved))
                        / hypervolume(moved, objs, default_reference(objs, moved)))
         assert moved_ratio == pytest.approx(ratio)
+
+    def test_placed_by_the_front_not_by_the_worst_subnet(self):
+        """A dominated outlier (slow and poor) moves nothing; an infeasible subnet does not
+        place it either: the point is the feasible front's nadir plus 10% of its range."""
+        front = [{"bleu": 20.0, "wer": 0.3}, {"bleu": 40.0, "wer": 0.5}]
+        outlier = {"bleu": 1.0, "wer": 9.0}
+        assert default_reference(self.BLEU_WER, front + [outlier]) == \
+            pytest.approx([18.0, 0.52])
+        fast_but_over = {"bleu": 10.0, "wer": 0.1, "latency_ms": 50.0}
+        recs = [{**r, "latency_ms": 1.0} for r in front] + [fast_but_over]
+        assert default_reference(self.BLEU_WER, recs) == pytest.approx([7.0, 0.54])
+        assert default_reference(self.BLEU_WER, recs, (Constraint("latency_ms", 10.0),)) == \
+            pytest.approx([18.0, 0.52])
 
     def test_one_value_and_non_finite(self):
         recs = [{"bleu": 30.0, "wer": 0.0}, {"bleu": float("nan"), "wer": 0.0}]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 
 import pytest
 
@@ -15,11 +16,13 @@ from raynas.search.replay import (
     load_table,
     parse_constraint,
     parse_objective,
+    reference_warnings,
     replay,
     replay_once,
 )
 from raynas.search.results import write_records
 from raynas.search.searchers import Objective
+from raynas.space.registry import load_space
 
 ACC_LAT = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
 
@@ -103,12 +106,38 @@ def test_load_errors(tmp_path, tiny_space, tiny_table):
         load_table(tmp_path / "junk.parquet", tiny_space, ACC_LAT)
 
 
-def test_reference_is_beyond_worst(tiny_table, tiny_space):
-    table = load_table(tiny_table[0], tiny_space, ACC_LAT)
-    acc = [r["accuracy"] for r in table.records.values()]
-    lat = [r["latency_ms"] for r in table.records.values()]
+@pytest.fixture
+def noisy_table(tmp_path, tiny_space):
+    """As a real table: most subnets are dominated, some far behind the front."""
+    rng = random.Random(0)
+    records = [{"arch": a.to_dict(), **_metrics(a)} for a in tiny_space.enumerate()]
+    for r in records:  # measurement noise; some run slower than their size says
+        r["accuracy"] += 0.02 * rng.random()
+        r["latency_ms"] *= 1 + 3 * rng.random()
+    return write_records(tmp_path / "noisy.parquet", records, tiny_space)
+
+
+def test_reference_is_beyond_the_true_fronts_worst(noisy_table, tiny_space):
+    table = load_table(noisy_table, tiny_space, ACC_LAT)
+    front = table.true_front()
+    acc = [r["accuracy"] for r in front]
+    lat = [r["latency_ms"] for r in front]
     ref = default_reference(table.objectives, table.records.values())
-    assert ref[0] < min(acc) and ref[1] > max(lat)
+    assert ref == pytest.approx([min(acc) - 0.1 * (max(acc) - min(acc)),
+                                 max(lat) + 0.1 * (max(lat) - min(lat))])
+    # inside the table's range: subnets far from the front add no volume
+    assert ref[1] < 0.7 * max(r["latency_ms"] for r in table.records.values())
+
+
+def test_the_default_reference_tells_searchers_apart(noisy_table, tiny_space):
+    """Against the front's nadir, random search's first 10 of 144 subnets reach well under
+    the table's hypervolume; behind the table's worst subnet they reach much more of it."""
+    table = load_table(noisy_table, tiny_space, ACC_LAT)
+    records = list(table.records.values())
+    worst = [min(r["accuracy"] for r in records), max(r["latency_ms"] for r in records)]
+    at_front = replay(table, "random", [10], range(5)).summary(10)[0]
+    behind = replay(table, "random", [10], range(5), reference=worst).summary(10)[0]
+    assert at_front < behind - 0.1, (at_front, behind)
 
 
 def test_default_reference_is_the_search_rule(tiny_table, tiny_space):
@@ -202,3 +231,60 @@ def test_cli_replay_errors(tiny_table, capsys, argv, needle):
     rc = main(["replay", str(tiny_table[0]), "--space", "tiny_cnn", *argv])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--reference", "0.5"], "--reference = '0.5': give one value per objective, 2"),
+    (["--option", "bogus=3"], "--option bogus=3: unknown option for searcher 'optuna_nsga2'"),
+    (["--searcher", "random", "--option", "parents_size=4"], "--option parents_size=4"),
+    (["--budget", "-5"], "positive integers"),
+])
+def test_cli_replay_checks_its_arguments_before_reading_the_table(tmp_path, capsys, argv,
+                                                                   needle):
+    """The table does not exist: an argument error must come first, before any work."""
+    rc = main(["replay", str(tmp_path / "absent.parquet"), "--space", "tiny_cnn", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "absent" not in err, err
+
+
+def test_cli_replay_caps_budgets_and_marks_short_runs(tiny_table, capsys):
+    rc = main(["replay", str(tiny_table[0]), "--space", "tiny_cnn", "--searcher", "random",
+               "--budget", "20,1000", "--seeds", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "--budget 1000: the table holds 144 distinct subnets; reported at 144" in out
+    assert "N=144" in out and "N=1000" not in out
+    # random search runs dry just short of all 144 (its repeat allowance): marked, not
+    # shown as if reached
+    row = next(line for line in out.splitlines() if line.startswith("random"))
+    assert row.endswith("*") and "the figure is for fewer subnets" in out
+
+
+def test_cli_replay_warns_of_a_reference_in_other_units(tiny_table, capsys):
+    # accuracy is a fraction in this table; -50 is as if it were a percent gone wrong
+    rc = main(["replay", str(tiny_table[0]), "--space", "tiny_cnn", "--searcher", "random",
+               "--budget", "20", "--seeds", "1", "--reference=-50,100"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "--reference accuracy=-50 lies" in err and "is it in the column's units?" in err
+    assert "latency_ms=100" in err  # far beyond the front's latencies too
+    table = load_table(tiny_table[0], load_space("tiny_cnn"), ACC_LAT)
+    lat = sorted(r["latency_ms"] for r in table.true_front())
+    ref = [0.0, lat[len(lat) // 2]]  # shuts out the slower half of the front
+    assert any("shuts out" in w and f"of the true front's {len(lat)} points" in w
+               for w in reference_warnings(table, ref))
+    assert reference_warnings(table, default_reference(ACC_LAT, table.records.values())) == []
+
+
+def test_cli_replay_on_a_space_without_family(tmp_path, tiny_table, capsys, repo_root):
+    """A table-only space: no family to take the metric from, so objectives are named."""
+    space = tmp_path / "table_only.yaml"
+    source = (repo_root / "search_spaces" / "tiny_cnn.yaml").read_text()
+    assert "family: cnn\n" in source
+    space.write_text(source.replace("family: cnn\n", ""))
+    rc = main(["replay", str(tiny_table[0]), "--space", str(space), "--budget", "10"])
+    assert rc == 2 and "declares no family" in capsys.readouterr().err
+    rc = main(["replay", str(tiny_table[0]), "--space", str(space), "--budget", "10",
+               "--seeds", "1", "--searcher", "random", "--objective", "accuracy:max",
+               "--objective", "latency_ms:min"])
+    assert rc == 0 and "N=10" in capsys.readouterr().out

@@ -444,9 +444,28 @@ class TestParse:
         assert "dimensions" in m and "unknown key" in m and "dims" in m
 
     def test_missing_required(self):
-        with pytest.raises(ConfigError, match="missing required key 'family'"):
-            SearchSpace.from_dict({"name": "x", "dims": {"d": {"type": "int", "low": 1,
-                                                               "high": 1}}})
+        with pytest.raises(ConfigError, match="missing required key 'dims'"):
+            SearchSpace.from_dict({"name": "x", "family": "cnn"})
+
+    def test_a_space_without_family_is_replay_only(self, tmp_path):
+        """No family: the space parses (a table can be replayed against it), and building or
+        training it is a clear error, not a KeyError deep in a registry."""
+        from raynas.supernets import get_family
+
+        path = tmp_path / "table_only.yaml"
+        path.write_text("name: table_only\ndims:\n  d: {type: int, low: 1, high: 2}\n")
+        space = SearchSpace.load(path)
+        assert space.family is None and space.size() == 2
+        with pytest.raises(ConfigError, match="declares none, so it can be replayed but not "
+                           "built or trained; add 'family:' naming one of cnn"):
+            get_family(space.family)
+
+    def test_a_file_naming_an_unregistered_family_is_refused(self, tmp_path):
+        path = tmp_path / "typo.yaml"
+        path.write_text("name: typo\nfamily: cnnn\ndims:\n  d: {type: int, low: 1, high: 2}\n")
+        with pytest.raises(ConfigError, match=r"typo.yaml: family = 'cnnn': unknown supernet "
+                           "family; choose one of cnn, .*or leave it out"):
+            SearchSpace.load(path)
 
     @pytest.mark.parametrize("values", [[], [1, 1], [True, False], "abc", [[1]]])
     def test_bad_choice_values(self, values):
