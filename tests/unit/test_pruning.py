@@ -155,6 +155,37 @@ def test_regrow_reactivates_and_no_regrow_keeps_out(tiny_space):
     assert (second[pruned] == 0).all()  # never returns
 
 
+def test_regrow_stops_reactivating_once_the_target_is_reached(tiny_space):
+    """Reactivation while the schedule rises; at target the masks stay and the pruned weights
+    are zero, so the ticket trains at its sparsity (a resumed run knows it from its epoch)."""
+    net = _net(tiny_space)
+    p = SuperTickets(tiny_space, target=0.4, interval=1, step=0.2, regrow=True)
+    p.setup(net, _inputs(tiny_space), tiny_space, 1)
+    p.end_epoch(net, 0, 5)
+    p.after_checkpoint(net, 0, 5)  # 0.2 < 0.4: reactivated
+    assert all((m == 1).all() for m in _masks(net).values())
+    metrics = p.end_epoch(net, 1, 5)  # reaches 0.4
+    p.after_checkpoint(net, 1, 5)
+    at_target = _masks(net)
+    assert metrics["prune.sparsity"] == pytest.approx(0.4, abs=1e-4)
+    assert any((m == 0).any() for m in at_target.values())  # not reset
+    name, op = next(iter(prunable_ops(net)))
+    pruned = at_target[name] == 0
+    assert (op.weight[pruned] == 0).all()
+    with torch.no_grad():  # a step would move nothing the masks hide, but say one did
+        op.weight.add_(0.5)
+    p.after_step(net)
+    assert (op.weight[pruned] == 0).all()
+    p.end_epoch(net, 2, 5)
+    assert all(torch.equal(_masks(net)[k], at_target[k]) for k in at_target)
+    resumed = SuperTickets(tiny_space, target=0.4, interval=1, step=0.2, regrow=True)
+    resumed.after_checkpoint(net, 2, 5)
+    assert resumed.settled and not resumed.reactivating
+    early = SuperTickets(tiny_space, target=0.4, interval=1, step=0.2, regrow=True)
+    early.after_checkpoint(net, 0, 5)
+    assert early.reactivating
+
+
 def test_last_epoch_prunes_and_keeps_masks_with_regrow(tiny_space):
     net = _net(tiny_space)
     p = SuperTickets(tiny_space, target=0.3, interval=2, step=0.3, regrow=True)
