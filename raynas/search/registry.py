@@ -17,7 +17,7 @@ from raynas.registry import Registry
 def _load_builtin() -> None:
     # Each module registers its searchers on import; none imports its optimisation library
     # (optuna, nevergrad) before a factory is called.
-    from raynas.search import evolution, ng, searchers  # noqa: F401
+    from raynas.search import evolution, ng, searchers, surrogate  # noqa: F401
 
 
 SEARCHERS: Registry[Callable[..., Any]] = Registry(

@@ -18,7 +18,7 @@ from raynas.space import Arch, SearchSpace
 
 ACC_LAT = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
 
-SEARCHERS = ["optuna_nsga2", "optuna_tpe", "random", "nevergrad", "hat_evolution"]
+SEARCHERS = ["optuna_nsga2", "optuna_tpe", "random", "nevergrad", "hat_evolution", "surrogate"]
 
 
 def _objective(arch: Arch) -> dict[str, float]:
