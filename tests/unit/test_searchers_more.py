@@ -12,6 +12,7 @@ import warnings
 import cloudpickle
 import numpy as np
 import pytest
+from search_problems import pattern_problem
 from test_searchers import _objective
 
 from raynas.errors import ConfigError
@@ -382,26 +383,10 @@ def test_nevergrad_asks_past_a_one_shot_budget(tiny_space):
     assert len(told) == 12
 
 
-def _pattern_problem(n_genes: int = 8):
-    """Accuracy: genes matching a hidden pattern; latency: the genes' sum. Random sampling
-    rarely gets many matches, so the front it finds is poor."""
-    space = SearchSpace.from_dict({"name": "pattern", "family": "cnn", "dims": {
-        f"g{i}": {"type": "choice", "values": [0, 1, 2, 3]} for i in range(n_genes)}})
-    rng = random.Random(7)
-    target = [rng.randrange(4) for _ in range(n_genes)]
-
-    def objective(arch):
-        genes = [arch[f"g{i}"] for i in range(n_genes)]
-        return {"accuracy": sum(g == t for g, t in zip(genes, target)) / n_genes,
-                "latency_ms": 1 + sum(genes) / n_genes}
-
-    return space, objective
-
-
 def test_nevergrad_multiobjective_beats_random():
     """150 evaluations in batches of 8. The margin needs the objectives' directions right:
     minimising accuracy by mistake gives ~1.07x random (measured), the right way ~1.25x."""
-    space, objective = _pattern_problem()
+    space, objective = pattern_problem()
 
     def hv(name, seed):
         s = create_searcher(name, objectives=ACC_LAT, space=space, seed=seed, population_size=8)

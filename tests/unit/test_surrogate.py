@@ -4,19 +4,18 @@ and keeps clear of archs it predicts to break a constraint)."""
 
 from __future__ import annotations
 
-import random
 import statistics
 
 import moocore
 import numpy as np
 import pytest
+from search_problems import pattern_problem
 
 from raynas.errors import ConfigError
 from raynas.search.pareto import hypervolume, pareto_mask
 from raynas.search.registry import create_searcher
 from raynas.search.searchers import Constraint, Objective
 from raynas.search.surrogate import distance_to_front, hypervolume_gain, hypervolume_gain_2d
-from raynas.space import SearchSpace
 
 ACC_LAT = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
 
@@ -49,22 +48,6 @@ def test_distance_to_front():
     assert distance_to_front(front, pts) == pytest.approx([0.0, 0.5, 0.2])
 
 
-def _pattern_problem(n_genes: int = 8):
-    """Accuracy: genes matching a hidden pattern; latency: the genes' sum (as in the
-    searcher tests): structure a model of the space can learn, random search cannot see."""
-    space = SearchSpace.from_dict({"name": "pattern", "dims": {
-        f"g{i}": {"type": "choice", "values": [0, 1, 2, 3]} for i in range(n_genes)}})
-    rng = random.Random(7)
-    target = [rng.randrange(4) for _ in range(n_genes)]
-
-    def objective(arch):
-        genes = [arch[f"g{i}"] for i in range(n_genes)]
-        return {"accuracy": sum(g == t for g, t in zip(genes, target)) / n_genes,
-                "latency_ms": 1 + sum(genes) / n_genes}
-
-    return space, objective
-
-
 def _run(searcher, objective, n: int, batch: int = 8) -> list[dict[str, float]]:
     told, pending = [], []
     for i in range(n):
@@ -82,7 +65,7 @@ def test_it_learns_the_space_faster_than_random_and_evolution():
     """120 of 65,536 archs, 5 seeds. Measured at writing: the surrogate's median
     hypervolume 2.73 (the whole front, reached in 3 seeds of 5), HAT's evolution 2.36 (no
     seed reaches it), random search 1.72."""
-    space, objective = _pattern_problem()
+    space, objective = pattern_problem()
 
     def hv(name, seed):
         s = create_searcher(name, space=space, objectives=ACC_LAT, seed=seed)
@@ -95,7 +78,7 @@ def test_it_learns_the_space_faster_than_random_and_evolution():
 
 
 def test_it_keeps_clear_of_archs_it_predicts_to_break_a_constraint():
-    space, objective = _pattern_problem()
+    space, objective = pattern_problem()
     limit = Constraint("latency_ms", 1.9)
 
     def broken(name):
