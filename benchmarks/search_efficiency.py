@@ -33,7 +33,7 @@ from raynas.space.registry import load_space
 NAME = "search_efficiency"
 BUDGETS = [50, 100, 200, 300, 500]
 SEARCHERS = ["optuna_nsga2", "optuna_tpe", "nevergrad", "nevergrad:DE",
-             "nevergrad:DiscreteOnePlusOne", "hat_evolution", "random"]
+             "nevergrad:DiscreteOnePlusOne", "hat_evolution", "surrogate", "random"]
 
 
 def main() -> None:
