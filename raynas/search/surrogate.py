@@ -112,7 +112,7 @@ class SurrogateSearcher(EvolutionSearcher):
 
     def ask(self):
         if not self._queue:
-            if len(self._results) >= max(2, self._enough):
+            if self._learnable() >= max(2, self._enough):
                 self._plan()
             if not self._queue:  # too few results to learn from, or nothing new to propose
                 self._enqueue(self._propose(self._random))
@@ -123,6 +123,11 @@ class SurrogateSearcher(EvolutionSearcher):
         return token, arch
 
     # ---- planning ------------------------------------------------------------------------
+    def _learnable(self) -> int:
+        """Results every objective and constrained metric has a finite value in."""
+        return sum(all(np.isfinite(v) for v in r.values.values())
+                   for r in self._results.values())
+
     def _candidates(self) -> list[Arch]:
         parents = self._parents()
         seen: set[str] = set(self._results) | set(self._busy)
@@ -152,9 +157,10 @@ class SurrogateSearcher(EvolutionSearcher):
         out = {}
         for m in dict.fromkeys(metrics):
             y = np.array([r.values[m] for r in results])
+            known = np.isfinite(y)  # a NaN metric teaches nothing
             model = ExtraTreesRegressor(n_estimators=self.trees, min_samples_leaf=1,
                                         random_state=self._rng.randrange(2**31))
-            model.fit(x, y)
+            model.fit(x[known], y[known])
             per_tree = np.stack([t.predict(xc) for t in model.estimators_])
             out[m] = per_tree.mean(axis=0), per_tree.std(axis=0)
         self.refits += 1
@@ -165,8 +171,9 @@ class SurrogateSearcher(EvolutionSearcher):
         if not candidates:
             return
         pred = self._predict(candidates)
-        feasible = [r for r in self._results.values() if r.violation <= 0]
-        losses = np.array([r.losses for r in (feasible or self._results.values())], float)
+        finite = [r for r in self._results.values() if np.all(np.isfinite(r.losses))]
+        feasible = [r for r in finite if r.violation <= 0]
+        losses = np.array([r.losses for r in (feasible or finite)], float)
         front = losses[pareto_mask(losses)]
         lo, hi = front.min(axis=0), front.max(axis=0)
         span = np.where(hi > lo, hi - lo, 1.0)

@@ -102,6 +102,18 @@ def test_no_arch_twice_and_a_full_space_runs_dry_gracefully(tiny_space):
     assert len(keys) == len(set(keys)) == 60
 
 
+def test_nan_metrics_are_left_out_of_the_models():
+    space, objective = pattern_problem()
+    s = create_searcher("surrogate", space=space, objectives=ACC_LAT, seed=0, initial=8)
+
+    def sometimes_nan(arch):
+        values = objective(arch)
+        return {**values, "accuracy": float("nan")} if arch["g0"] == 0 else values
+
+    told = _run(s, sometimes_nan, 48)
+    assert s.refits > 0 and any(np.isnan(v["accuracy"]) for v in told)
+
+
 @pytest.mark.parametrize("options,needle", [
     ({"pool": 0}, "search.options.pool = 0: must be an integer >= 1"),
     ({"explore": -1}, "search.options.explore = -1: must be a number >= 0"),
