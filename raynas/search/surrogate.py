@@ -9,10 +9,11 @@ offline; this one learns online, from the search's own results, and is multi-obj
 2. Then, whenever its queue runs empty: one extra-trees regressor (``trees``, default 64) per
    objective and per constrained metric, on the space's encoding of every evaluated arch; a
    pool of ``pool`` (default 1,000) new candidates, mutations and crossovers of the best
-   ``parents_size`` results (as hat_evolution breeds them) and a share ``random_share``
-   (default 0.1) of random archs; each candidate scored by the hypervolume its optimistic
-   prediction (the trees' mean less ``explore`` times their spread) adds to the evaluated
-   front, a dominated one by minus its distance to the front. The best ``batch`` (default 8)
+   ``parents_size`` results (as hat_evolution breeds them, each gene resampled with
+   probability ``mutation_prob``, default 0.15) and a share ``random_share`` (default 0) of
+   random archs; each candidate scored by the hypervolume its prediction (the trees' mean,
+   less ``explore`` times their spread: 0 by default) adds to the evaluated front, a
+   dominated one by minus its distance to the front. The best ``batch`` (default 8)
    are queued, greedily: each pick's predicted mean joins the front before the next pick is
    scored, so a batch spreads along the front instead of piling onto one point.
 3. A candidate predicted (optimistically) to break a constraint ranks after every other.
@@ -21,6 +22,11 @@ Objectives are normalised by the evaluated front's range; the reference point fo
 scores is the front's nadir plus ``margin`` (default 0.5) of that range, looser than the
 reporting rule's 10% so that a candidate extending the front past its ends still scores.
 Everything random comes from ``random.Random(seed)``; the trees are seeded from it.
+
+The defaults were chosen on replays of two tables: digits_cnn_small's 2,592 subnets (20
+seeds; hypervolume ratio at 100/200/500 subnets 0.786/0.978/1.000 against 0.722/0.899/0.997
+with ``explore`` 1, ``mutation_prob`` 0.3, ``random_share`` 0.1) and a synthetic
+15,625-subnet table (10 seeds; 0.336/0.526/0.803 against 0.274/0.450/0.742).
 """
 
 from __future__ import annotations
@@ -90,9 +96,9 @@ class SurrogateSearcher(EvolutionSearcher):
     """See the module docstring."""
 
     def __init__(self, space, objectives, constraints=(), seed=0, initial: int = 24,
-                 pool: int = 1000, batch: int = 8, trees: int = 64, explore: float = 1.0,
-                 random_share: float = 0.1, margin: float = 0.5, parents_size: int = 8,
-                 mutation_prob: float = 0.3):
+                 pool: int = 1000, batch: int = 8, trees: int = 64, explore: float = 0.0,
+                 random_share: float = 0.0, margin: float = 0.5, parents_size: int = 8,
+                 mutation_prob: float = 0.15):
         super().__init__(space, objectives, constraints, seed,
                          population_size=_count("initial", initial, 1),
                          parents_size=parents_size, mutation_size=1, crossover_size=1,
