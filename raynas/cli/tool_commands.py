@@ -48,6 +48,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from raynas.search.registry import create_searcher, searcher_names
     from raynas.search.replay import (
         check_budgets,
+        check_reference,
         load_table,
         parse_constraint,
         parse_objective,
@@ -63,9 +64,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     constraints = [parse_constraint(c) for c in args.constraint]
     budgets = check_budgets([int(b) for b in _float_list(args.budget, "--budget")])
     reference = _float_list(args.reference, "--reference") if args.reference else None
-    if reference is not None and len(reference) != len(objectives):
-        raise ConfigError(f"--reference = {args.reference!r}: give one value per objective, "
-                          f"{len(objectives)} ({', '.join(o.name for o in objectives)})")
+    check_reference(reference, objectives)
     if args.seeds < 1:
         raise ConfigError(f"--seeds = {args.seeds}: must be at least 1")
     if args.batch < 1:

@@ -74,6 +74,15 @@ def check_budgets(budgets: Sequence[int], size: int | None = None) -> list[int]:
     return out
 
 
+def check_reference(reference: Sequence[float] | None,
+                    objectives: Sequence[Objective]) -> None:
+    """A given reference point has one value per objective."""
+    if reference is not None and len(reference) != len(objectives):
+        text = ",".join(f"{v:g}" for v in reference)
+        raise ConfigError(f"--reference = {text!r}: give one value per objective, "
+                          f"{len(objectives)} ({', '.join(o.name for o in objectives)})")
+
+
 def reference_warnings(table: ReplayTable, reference: Sequence[float],
                        constraints: Sequence[Constraint] = ()) -> list[str]:
     """What makes a user's reference point a poor yardstick, one line each: true-front points
@@ -315,11 +324,9 @@ def replay(table: ReplayTable, searcher: str, budgets: Sequence[int], seeds: Seq
     budgets = check_budgets(budgets, len(table.records))
     # The default is the rule a live search uses too, over the whole table (so at its true
     # front): one reference for every searcher, seed and budget.
+    check_reference(reference, table.objectives)
     reference = (list(reference) if reference is not None
                  else default_reference(table.objectives, table.records.values(), constraints))
-    if len(reference) != len(table.objectives):
-        raise ConfigError(f"--reference = {reference!r}: give one value per objective "
-                          f"({', '.join(o.name for o in table.objectives)})")
     objectives = table.objectives
     truth = hypervolume(list(table.records.values()), objectives, reference, constraints)
     if truth <= 0:

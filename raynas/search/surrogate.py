@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import moocore
 import numpy as np
 
 from raynas.errors import ConfigError
@@ -71,8 +72,6 @@ def hypervolume_gain(front: np.ndarray, points: np.ndarray, ref: np.ndarray) -> 
         return np.clip(best - points[:, 0], 0, None)
     if front.shape[1] == 2:
         return hypervolume_gain_2d(front, points, ref)
-    import moocore
-
     inside = front[np.all(front < ref, axis=1)]
     base = float(moocore.hypervolume(inside, ref=ref)) if len(inside) else 0.0
     out = np.zeros(len(points))

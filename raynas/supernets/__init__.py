@@ -77,9 +77,6 @@ def family_names() -> list[str]:
 def check_space(space: SearchSpace) -> Family:
     """The family of ``space``, after checking that it reads every dimension the space
     declares; a dimension nothing reads is a ``ConfigError``."""
-    if space.family is None:
-        raise ConfigError(f"space {space.name!r} declares no family, so it can be replayed but "
-                          f"not trained; add 'family:' naming one of {', '.join(family_names())}")
     family = get_family(space.family)
     used = family.dims(dict(space.model))
     unused = [n for n in space.names if n not in used]
