@@ -14,7 +14,8 @@ of 3 subnets, KL distillation) in one respect:
 - ``todm``: TODM's whole recipe, alpha-divergence, adaptive dropout (``p_max`` 0.2) and
   ScaledAdam with ``eden``;
 - SuperTickets: pruning to 50 % and 90 % (reached two thirds into training), with and
-  without regrowth.
+  without regrowth, and ``tickets_90_keep``: 90 % with ``min_keep`` 0.05 (each op keeps its
+  largest 5 %; global ranking alone empties vit_tiny's depthwise convolutions).
 
 Per space, variant and seed (0, 1, 2 by default), as a user runs it:
 
@@ -40,8 +41,12 @@ fidelity stage trains subnets with the job's recipe), so ``scaled_adam_eden``'s 
 against subnets trained with ScaledAdam too; ``todm`` shares that ground truth (standalone
 subnets train without dropout); every other variant shares one ground truth.
 
-    python benchmarks/training_strategies.py [--seeds 3] [--epochs N] [--jobs JOB ...]
-        [--variants NAME ...] [--cache DIR] [--work DIR]
+    python benchmarks/training_strategies.py [--seeds 3 | --seed-list K ...] [--epochs N]
+        [--jobs JOB ...] [--variants NAME ...] [--cache DIR] [--work DIR] [--merge JSON]
+
+``--merge`` adds the runs of an earlier results JSON (those this invocation does not
+measure again, by job, variant and seed) before summarising, so a seed or a variant can be
+added to finished results without running them again.
 """
 
 from __future__ import annotations
@@ -98,6 +103,7 @@ def variants(epochs: int, job: str | None = None) -> dict[str, list[str]]:
         "tickets_50_regrow": _prune(0.5, True, epochs),
         "tickets_90": _prune(0.9, False, epochs),
         "tickets_90_regrow": _prune(0.9, True, epochs),
+        "tickets_90_keep": [*_prune(0.9, False, epochs), "train.prune.options.min_keep=0.05"],
     }
     return {name: [*overrides, *extra.get(name, [])] for name, overrides in table.items()}
 
@@ -159,9 +165,25 @@ def _standalone_cost(out: Path) -> dict:
     return {"largest_standalone_s": float(rows.sort_values("flops")["train_s"].iloc[-1])}
 
 
+def merge(old: dict, new: dict) -> dict:
+    """``old``'s runs (a results JSON's; a run without a ``seed`` is its list's index) with
+    ``new``'s, which replace any of the same job, variant and seed; sorted by seed."""
+    out: dict = {}
+    for job in {**old, **new}:
+        for variant in {**old.get(job, {}), **new.get(job, {})}:
+            by_seed = {r.get("seed", i): {**r, "seed": r.get("seed", i)}
+                       for i, r in enumerate(old.get(job, {}).get(variant, []))}
+            by_seed.update({r["seed"]: r for r in new.get(job, {}).get(variant, [])})
+            out.setdefault(job, {})[variant] = [by_seed[k] for k in sorted(by_seed)]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    ap.add_argument("--seed-list", type=int, nargs="+", help="these seeds (not --seeds)")
+    ap.add_argument("--merge", type=Path, help="an earlier results JSON whose other runs join "
+                    "the summary")
     ap.add_argument("--epochs", type=int, default=None,
                     help="override the jobs' epochs (supernet and standalone)")
     ap.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
@@ -182,32 +204,37 @@ def main() -> None:
         train = job_train(job)
         cores[job] = train.num_workers * train.cpus_per_worker
         table = variants(args.epochs or train.epochs, job)
-        for seed in range(args.seeds):
+        for seed in args.seed_list or range(args.seeds):
             for variant, overrides in table.items():
                 if args.variants and variant not in args.variants:
                     continue
-                r = run(job, variant, overrides, seed, cache, args.epochs, work)
+                r = {"seed": seed, **run(job, variant, overrides, seed, cache, args.epochs,
+                                         work)}
                 runs.setdefault(job, {}).setdefault(variant, []).append(r)
                 print(f"{job} {variant} seed {seed}: " + json.dumps(
                     {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}),
                     flush=True)
+    if args.merge:
+        runs = merge(json.loads(args.merge.read_text())["runs"], runs)
     keys = ("smallest", "median", "largest", "kendall_tau", "mean_gap", "grad_cosine")
     summary = {}
     for job, per in runs.items():
-        base = per.get("sandwich_kl")
+        base = {r["seed"]: r for r in per.get("sandwich_kl", [])}
         for variant, rs in per.items():
             s = {k: summarize([r[k] for r in rs if r[k] is not None]) for k in keys
                  if any(r[k] is not None for r in rs)}
             s["cost_vs_largest_standalone"] = summarize(
                 [cores[job] * r["train_s"] / r["largest_standalone_s"] for r in rs])
-            if base and len(base) == len(rs):
-                s["train_vs_sandwich_kl"] = summarize([r["train_s"] / b["train_s"]
-                                                       for r, b in zip(rs, base)])
+            if all(r["seed"] in base for r in rs):
+                s["train_vs_sandwich_kl"] = summarize([r["train_s"] / base[r["seed"]]["train_s"]
+                                                       for r in rs])
             summary.setdefault(job, {})[variant] = s
             line = "  ".join(f"{k} {v['median']:+.3f}" for k, v in s.items())
             print(f"{job:20s} {variant:20s} {line}")
+    seeds = {job: sorted({r["seed"] for rs in per.values() for r in rs})
+             for job, per in runs.items()}
     path = write_json(NAME, {"machine": machine_info(), "epochs": args.epochs,
-                             "seeds": args.seeds, "runs": runs, "summary": summary,
+                             "seeds": seeds, "runs": runs, "summary": summary,
                              "work_dir": str(work)})
     print(f"wrote {path} (runs in {work})")
 

@@ -7,7 +7,10 @@ supernet trains,
   elastic ops (no bias, no norm) to ``min(target, step * k)`` after the k-th interval: the
   ``round(ratio * N)`` smallest ``|w|`` of the N prunable weights are masked, exactly (ties
   broken by position, the same on every worker), through the weight seam
-  (``raynas.weights.masks``), so every subnet's forward and export see the masked weights;
+  (``raynas.weights.masks``), so every subnet's forward and export see the masked weights.
+  ``min_keep`` (0, the reference's rule) exempts each op's ``ceil(min_keep * size)``
+  largest weights from the ranking: one global ranking can empty an op whose weights are
+  small by construction (at 90 % on ``vit_tiny``, every MBConv depthwise conv);
 - with ``rho > 0``, network slimming on the elastic batch norms: the gradient of
   ``rho(t) * sum_k penalty_k * |gamma_k|`` is added to each step's averaged gradient, with
   ``penalty_k`` the channel's FLOPs share, and every ``shrink_interval`` epochs the channels
@@ -22,11 +25,10 @@ Readings chosen (the digest asks to decide):
   reference's explicit iterative reactivation (``reset_mask``): the masks are reset to 1
   right after the pruned epoch's checkpoint, the pruned weights rejoin training with the
   values they had (masked, not zeroed), and the next interval re-prunes all weights
-  globally. [interpretation] Reactivation stops once the schedule reaches ``target``; the
-  masks then stay, so the ticket trains at its final sparsity. Reactivating to the end, as
-  the reference's 350-epoch loop does, left a one-shot prune of a dense epoch: at 90 % on
-  resnet20_pool_tiny the largest subnet scored 0.39-0.41 (2 seeds) against 0.69 without
-  regrowth. The last epoch always prunes, so the final checkpoint carries masks.
+  globally. [interpretation] Reactivation stops once the schedule reaches ``target`` and
+  the masks stay: reactivating to the end, as the reference's 350-epoch loop does, left a
+  one-shot prune of a dense epoch (at 90 % on resnet20_pool_tiny the largest subnet scored
+  0.39-0.41 against 0.69). The last epoch always prunes, so the last checkpoint has masks.
 - The pruned epoch is evaluated and checkpointed with its masks (as the reference evaluates
   and saves the pruned model before reactivating).
 - rho(t) warms up linearly per step from 0 to ``rho`` over ``rho_warmup`` epochs [recall:
@@ -54,9 +56,9 @@ import torch
 from torch import nn
 
 from raynas.errors import ConfigError, describe_value
-from raynas.nn import ElasticBatchNorm2d
 from raynas.registry import Registry
 from raynas.space import SearchSpace
+from raynas.training.slimming import channel_metrics, channel_penalties, drop_channels
 from raynas.weights.masks import (
     Masks,
     has_masks,
@@ -140,18 +142,24 @@ class SuperTickets(Pruner):
 
     ``target``: final share of pruned weights, in (0, 1); ``interval``: epochs between
     prunings; ``step``: sparsity added per interval; ``regrow``: iterative reactivation;
+    ``min_keep``: share of each op's weights never pruned (below ``1 - target``);
     ``rho``: BN slimming's L1 weight (0: off); ``rho_warmup``: its warm-up in epochs;
     ``shrink_threshold``: |gamma| below which a channel drops; ``shrink_interval``: epochs
     between channel drops (default ``interval``)."""
 
     def __init__(self, space: SearchSpace | None, target: float = 0.5, interval: int = 10,
-                 step: float = 0.1, regrow: bool = False, rho: float = 0.0,
-                 rho_warmup: int = 0, shrink_threshold: float = 1e-3,
+                 step: float = 0.1, regrow: bool = False, min_keep: float = 0.0,
+                 rho: float = 0.0, rho_warmup: int = 0, shrink_threshold: float = 1e-3,
                  shrink_interval: int | None = None):
         self.target = _number("target", target, 0, 1, low_open=True)
         if self.target >= 1:
             raise ConfigError(f"train.prune.options.target = {target!r}: must be below 1 "
                               "(a share of the weights)")
+        self.min_keep = _number("min_keep", min_keep, 0, 1)
+        if self.min_keep > 1 - self.target + 1e-12:
+            raise ConfigError(f"train.prune.options.min_keep = {min_keep!r}: must be at most "
+                              f"1 - target = {1 - self.target:g}, or pruning cannot reach "
+                              "target")
         self.interval = _epochs("interval", interval, 1)
         self.step = _number("step", step, 0, 1, low_open=True)
         if not isinstance(regrow, bool):
@@ -227,7 +235,8 @@ class SuperTickets(Pruner):
     def end_epoch(self, net, epoch, epochs, world=1):
         metrics: dict[str, float] = {"prune.ratio": self.ratio_at(epoch)}
         if self.prunes_at(epoch, epochs):
-            global_magnitude_prune(net, self.ratio_at(epoch), keep_pruned=not self.reactivating)
+            global_magnitude_prune(net, self.ratio_at(epoch), keep_pruned=not self.reactivating,
+                                   min_keep=self.min_keep)
             self.settled = self.reached(epoch)
         if self.slimming:
             metrics["prune.rho"] = self.rho_at((epoch + 1) * self.steps_per_epoch - 1)
@@ -266,18 +275,23 @@ def check_prune_site(pruner: Any, net: nn.Module, space: SearchSpace) -> None:
 
 # ---- the pieces ----------------------------------------------------------------------------
 @torch.no_grad()
-def global_magnitude_prune(net: nn.Module, ratio: float, keep_pruned: bool) -> int:
+def global_magnitude_prune(net: nn.Module, ratio: float, keep_pruned: bool,
+                           min_keep: float = 0.0) -> int:
     """Mask the ``round(ratio * N)`` smallest-magnitude weights of all N prunable weights
     (one ranking across every op); ties go by position (op order, then flat index), so the
     count is exact and every worker with the same weights gets the same masks.
-    ``keep_pruned``: weights masked already rank first (they stay pruned). Returns the
-    number masked."""
+    ``keep_pruned``: weights masked already rank first (they stay pruned). ``min_keep``:
+    each op's ``ceil(min_keep * size)`` highest-ranked weights are left out of the ranking
+    (``ratio <= 1 - min_keep`` keeps the count exact). Returns the number masked."""
     ops = [op for _, op in prunable_ops(net)]
     scores = []
     for op in ops:
         score = op.weight.detach().abs().flatten().float().cpu()
         if keep_pruned:
             score[op.weight_provider.weight.flatten().cpu() == 0] = -math.inf
+        floor = math.ceil(round(min_keep * score.numel(), 9))
+        if floor:
+            score[torch.sort(score, descending=True, stable=True).indices[:floor]] = math.inf
         scores.append(score)
     flat = torch.cat(scores)
     n = int(round(ratio * flat.numel()))
@@ -290,82 +304,6 @@ def global_magnitude_prune(net: nn.Module, ratio: float, keep_pruned: bool) -> i
         mask.copy_(keep[offset:offset + size].view_as(mask).to(mask.dtype))
         offset += size
     return n
-
-
-@torch.no_grad()
-def drop_channels(net: nn.Module, threshold: float) -> int:
-    """Mask every elastic BN channel whose ``|gamma| < threshold`` (dropped channels stay
-    dropped); a BN keeps at least its largest channel. Returns the channels masked now."""
-    dropped = 0
-    for _, bn in norm_ops(net):
-        mask = bn.weight_provider.weight
-        small = (bn.weight.abs() < threshold) & (mask != 0)
-        if bool(((mask != 0) & ~small).sum() == 0):  # keep one channel alive
-            small[int((bn.weight.abs() * (mask != 0)).argmax())] = False
-        dropped += int(small.sum())
-        mask[small] = 0.0
-        bn.weight_provider.bias.copy_(mask)
-    return dropped
-
-
-def channel_metrics(net: nn.Module) -> dict[str, float]:
-    dropped = total = 0
-    for _, bn in norm_ops(net):
-        mask = bn.weight_provider.weight
-        dropped += int((mask == 0).sum())
-        total += mask.numel()
-    return {"prune.channels_dropped": float(dropped),
-            "prune.channel_share_dropped": dropped / max(total, 1)}
-
-
-def _flops(op: nn.Module, out: torch.Tensor) -> float:
-    """FLOPs of one conv / linear call per sample: 2 x outputs x weights per output."""
-    per_output = op.active_weight()[0].numel()
-    return 2.0 * out[0].numel() * per_output
-
-
-@torch.no_grad()
-def channel_penalties(net: nn.Module, inputs: Sequence[torch.Tensor]
-                      ) -> dict[str, torch.Tensor]:
-    """Per elastic BN, a ``(C,)`` penalty: each channel's FLOPs (producer's + consumer's,
-    per channel) over the mean of that cost over all BN channels (see the module doc), on
-    one forward of ``inputs`` with ``net`` as set (the loop sets the largest subnet)."""
-    trace: list[tuple[str, int, int, float]] = []  # name, in, out, flops per sample
-    names = {m: n for n, m in net.named_modules()}
-
-    def hook(module, args, out):
-        x = args[0]
-        if isinstance(module, ElasticBatchNorm2d):
-            trace.append((names[module], x.shape[1], out.shape[1], 0.0))
-        else:  # a linear's features are on the last axis, a conv's channels on axis 1
-            axis = -1 if module.weight.dim() == 2 else 1
-            trace.append((names[module], x.shape[axis], out.shape[axis], _flops(module, out)))
-
-    ops = [op for _, op in prunable_ops(net)] + [bn for _, bn in norm_ops(net)]
-    handles = [op.register_forward_hook(hook) for op in ops]
-    was_training = net.training
-    net.eval()
-    try:
-        net(*[x[:1] for x in inputs])
-    finally:
-        for h in handles:
-            h.remove()
-        net.train(was_training)
-    bns = dict(norm_ops(net))
-    cost: dict[str, float] = {}
-    for i, (name, _, channels, _) in enumerate(trace):
-        if name not in bns:
-            continue
-        before = next((f for n, _, o, f in reversed(trace[:i]) if n not in bns
-                       and o == channels), 0.0)
-        after = next((f for n, c, _, f in trace[i + 1:] if n not in bns
-                      and c == channels), 0.0)
-        cost[name] = (before + after) / channels
-    channels_of = {name: bn.max_features for name, bn in bns.items()}
-    total = sum(channels_of[n] for n in cost)
-    mean = sum(cost[n] * channels_of[n] for n in cost) / max(total, 1)
-    return {name: torch.full((channels_of[name],), cost.get(name, 0.0) / mean if mean else 0.0)
-            for name in bns}
 
 
 def masks_digest(net: nn.Module) -> str:

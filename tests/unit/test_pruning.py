@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -100,6 +102,32 @@ def test_global_magnitude_pruning_is_exact(space_of, family, ratio):
     pruned = torch.cat([op.weight.detach().abs()[op.weight_provider.weight == 0]
                         for _, op in prunable_ops(net)])
     assert pruned.max() <= kept.min()  # global: one threshold across all ops
+
+
+def test_min_keep_spares_an_op_that_global_ranking_would_empty(tiny_space):
+    net = _net(tiny_space)
+    install_masks(net)
+    (_, small), *_ = prunable_ops(net)
+    with torch.no_grad():  # one op's weights far below every other's, as a depthwise conv's
+        small.weight.mul_(1e-3)
+    global_magnitude_prune(net, 0.5, keep_pruned=False)
+    assert int(small.weight_provider.weight.sum()) == 0  # the reference's rule empties it
+    for keep_pruned in (False, True):  # spared again when it was emptied before
+        n = global_magnitude_prune(net, 0.5, keep_pruned=keep_pruned, min_keep=0.1)
+        masked, total = weight_counts(net)
+        assert masked == n == round(0.5 * total)  # still exact
+        mask = small.weight_provider.weight
+        assert int(mask.sum()) == math.ceil(0.1 * mask.numel())
+        kept = small.weight.detach().abs()[mask == 1]  # the op's largest weights
+        assert kept.min() >= small.weight.detach().abs()[mask == 0].max()
+    net = _net(tiny_space)
+    (_, small), *_ = prunable_ops(net)
+    with torch.no_grad():
+        small.weight.mul_(1e-3)
+    p = SuperTickets(tiny_space, target=0.5, interval=1, step=0.5, min_keep=0.1)
+    p.setup(net, _inputs(tiny_space), tiny_space, 1)
+    p.end_epoch(net, 0, 1)
+    assert int(small.weight_provider.weight.sum()) == math.ceil(0.1 * small.weight.numel())
 
 
 def test_schedule_is_min_target_step_k():
@@ -311,6 +339,7 @@ def test_prune_site_and_workers(space_of):
     ({"interval": 0}, "interval = 0: must be an integer number of epochs >= 1"),
     ({"regrow": "yes"}, "regrow = 'yes': must be true or false"),
     ({"rho": -1}, "rho = -1: must be a number in [0, 1]"),
+    ({"target": 0.9, "min_keep": 0.2}, "min_keep = 0.2: must be at most 1 - target = 0.1"),
 ])
 def test_option_values(options, needle):
     with pytest.raises(ConfigError) as exc:
