@@ -137,12 +137,28 @@ class TrainConfig(_Section):
     resume_from: str | None = Field(None, description="checkpoint directory to resume from")
 
 
+class HalvingConfig(_Section):
+    """Successive halving inside a search's evaluations: see ``raynas.evaluation.halving``."""
+
+    start: float = Field(0.25, gt=0, le=1, description="share of the validation set a subnet "
+                         "is first scored on (1: the whole set, no halving)")
+    eta: float = Field(2.0, gt=1, description="each rung scores eta times the share before")
+    z: float = Field(2.0, ge=0, description="optimism: a partial score counts as z standard "
+                     "errors better than measured when judged against the front")
+    chunk: int = Field(32, ge=1, description="validation samples per chunk (the unit of "
+                       "the standard error; the set is chunked in a seeded random order)")
+
+
 class EvaluatorConfig(_Section):
     calib_batches: int = Field(2, ge=1, description="BN recalibration batches per subnet")
     calib_batch_size: int = Field(256, ge=1)
     num_cpus: float = Field(1, gt=0)
     num_gpus: float = Field(0, ge=0, description="GPUs of the evaluator actor: with one, "
                             "subnets are scored on it")
+    halving: HalvingConfig | None = Field(
+        None, description="multi-fidelity search: a subnet is scored on a slice of the "
+        "validation set first and on more only while it could still reach the front (None: "
+        "every subnet on the whole set)")
 
 
 class LatencyConfig(_Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from raynas.config import JobConfig, resolve_path
@@ -71,8 +72,12 @@ _SHARED: dict[str, list] = {}
 
 
 def create_evaluator_actor(cfg: JobConfig, checkpoint: str | Path, space: SearchSpace,
-                           known: list[dict] | None = None):
+                           known: list[dict] | None = None, objectives: Sequence = (),
+                           constraints: Sequence = ()):
     """Start the evaluator actor, wait until the checkpoint is loaded, return its handle.
+
+    ``objectives`` and ``constraints`` (``Objective`` / ``Constraint``): the search's, which
+    ``search.evaluator.halving`` judges partly scored subnets by.
 
     The checkpoint travels through Ray's object store, so the actor may run on any node.
     The actor restarts (reloading the checkpoint) if its process dies, and the call it was
@@ -89,6 +94,8 @@ def create_evaluator_actor(cfg: JobConfig, checkpoint: str | Path, space: Search
     )
     args = evaluator_args(cfg, checkpoint, space)
     del args["checkpoint"]
+    args["objectives"] = [(o.name, o.direction) for o in objectives]
+    args["constraints"] = [(c.metric, c.limit) for c in constraints]
     shared = [ray.put(read_checkpoint_bytes(checkpoint)), ray.put(list(known or []))]
     handle = actor_cls.remote(shared, **args)
     _SHARED[handle._actor_id.hex()] = shared

@@ -7,11 +7,14 @@ belong to no single subnet), then the task's metrics on the validation split (wh
 search optimises) and on the test split (reported only, as ``test_<metric>``), its extracted
 static model's latency, FLOPs and parameters. Results are cached by Arch key: asking twice
 costs nothing. With a GPU (``device``) the scoring runs there; latency is timed on the
-latency section's own device.
+latency section's own device. With ``search.evaluator.halving`` and the search's objectives, a
+subnet is scored on a slice of the validation set first, and on more only while it could still
+reach the front (``raynas.evaluation.halving``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,6 +23,7 @@ import torch
 
 from raynas.checkpoint import load_checkpoint
 from raynas.config import EvaluatorConfig, LatencyConfig
+from raynas.evaluation.halving import Halving, estimate
 from raynas.export import extract
 from raynas.latency import MeasuredLatency, count_flops, count_params
 from raynas.latency.models import LatencyModel, build_latency_model, build_measured
@@ -40,18 +44,24 @@ class Evaluator:
     ``flops``, ``params``, ``eval_device`` (where it was scored: cpu or cuda), ``eval_s`` and
     ``evaluated_at`` (unix time);
     ``latency_measured_ms`` too where the subnet was also timed to check a non-measured
-    latency model, and ``latency_node`` wherever a latency was measured.
+    latency model, and ``latency_node`` wherever a latency was measured; with halving,
+    ``fidelity`` (the share of the validation set scored: below 1, the metrics are estimates
+    over it and the test metrics NaN).
     """
 
     def __init__(self, checkpoint: str | bytes, data: Mapping[str, Any],
                  latency: Mapping[str, Any], evaluator: Mapping[str, Any] | None = None,
                  expected_space: dict | None = None, threads: int = 1,
                  known: Sequence[Mapping[str, Any]] = (), task: Mapping[str, Any] | None = None,
-                 device: str = "cpu", seed: int = 0, weights: Mapping[str, Any] | None = None):
+                 device: str = "cpu", seed: int = 0, weights: Mapping[str, Any] | None = None,
+                 objectives: Sequence[Sequence[Any]] = (),
+                 constraints: Sequence[Sequence[Any]] = ()):
         """``checkpoint``: a checkpoint directory, or its ``supernet.pt`` bytes. ``known``:
         records evaluated before (a resumed search); asking for them costs nothing.
         ``weights``: the job's weight scheme, checked against the checkpoint's (None: the
-        checkpoint's, unchecked)."""
+        checkpoint's, unchecked). ``objectives`` (``(metric, goal)`` pairs) and
+        ``constraints`` (``(metric, limit)``): the search's, which halving judges by; without
+        objectives every subnet is scored in full."""
         torch.set_num_threads(threads)
         expected = SearchSpace.from_dict(expected_space) if expected_space else None
         state = load_checkpoint(checkpoint, expected=expected, weights=weights)
@@ -84,6 +94,16 @@ class Evaluator:
         ex = self.task.example_inputs(1)
         self._flops_inputs = tuple(ex[k] for k in self.task.input_names)
         self._cache: dict[str, dict[str, Any]] = {r["arch_key"]: dict(r) for r in known}
+        self.halving: Halving | None = None
+        h = self.cfg.halving
+        if h is not None and h.start < 1 and objectives:
+            chunks = sample_batches(self.data.val, math.ceil(len(self.data.val) / h.chunk),
+                                    h.chunk, seed)
+            self.val_chunks = [to_device(b, self.device) for b in chunks]
+            self._chunk_sizes = [len(next(iter(b.values()))) for b in chunks]
+            self.halving = Halving(h.start, h.eta, h.z, self._chunk_sizes, objectives,
+                                   constraints, {m.name: m.goal for m in self.task.metrics},
+                                   known)
         self.calls = 0
         self.scored = 0  # subnets evaluated by this process (cache hits excluded)
 
@@ -106,6 +126,11 @@ class Evaluator:
         record["evaluated_at"] = time.time()
         self._cache[arch.key] = record
         self.scored += 1
+        if self.halving is not None:
+            if record["fidelity"] < 1:
+                self.halving.stopped += 1
+            else:
+                self.halving.add(record)
         return record
 
     def score(self, arch: Arch, static: torch.nn.Module, measure: bool = False
@@ -115,14 +140,41 @@ class Evaluator:
         ``measure``: also time it (``latency_measured_ms``) whatever the latency model;
         a seeded share (``latency.drift_share``) of subnets gets that anyway.
         """
-        val = self.task.evaluate(static, self.val_batches, self.device)
-        test = self.task.evaluate(static, self.test_batches, self.device)
-        cpu = static.to("cpu")  # timing moves it to the latency device itself
+        head: dict[str, Any] = {"arch_key": arch.key, "arch": arch.to_dict()}
+        if self.halving is None:
+            val = self.task.evaluate(static, self.val_batches, self.device)
+            test = self.task.evaluate(static, self.test_batches, self.device)
+            exact = self._exact(arch, static.to("cpu"), measure)
+            return {**head, **val, **{f"test_{k}": v for k, v in test.items()}, **exact}
+        # Halving: the exact metrics first (the optimistic point needs them), then the rungs.
+        exact = self._exact(arch, static.to("cpu"), measure)
+        static.to(self.device)
+        val, fidelity = self._halved(static, exact)
+        test = (self.task.evaluate(static, self.test_batches, self.device) if fidelity >= 1
+                else {m.name: math.nan for m in self.task.metrics})
+        return {**head, **val, **{f"test_{k}": v for k, v in test.items()}, **exact,
+                "fidelity": fidelity}
+
+    @torch.no_grad()
+    def _halved(self, static: torch.nn.Module, exact: Mapping[str, Any]
+                ) -> tuple[dict[str, float], float]:
+        """The validation metrics over the rungs ``static`` reaches, and their share."""
+        static.eval()
+        sums: list[Mapping[str, tuple[float, float]]] = []  # one per sample
+        k = 0  # chunks scored
+        for end in self.halving.ends:
+            for chunk in self.val_chunks[k:end]:
+                sums += self.task.sample_sums(static(*self.task.inputs(chunk)), chunk)
+            k = end
+            if k < len(self.val_chunks) and self.halving.hopeless(exact, sums):
+                break
+        share = 1.0 if k == len(self.val_chunks) else len(sums) / self.halving.samples
+        return {name: ratio for name, (ratio, _) in estimate(sums, len(sums)).items()}, share
+
+    def _exact(self, arch: Arch, cpu: torch.nn.Module, measure: bool) -> dict[str, Any]:
+        """Latency, FLOPs and parameters of the static subnet (on the CPU; timing moves it
+        to the latency device itself)."""
         record = {
-            "arch_key": arch.key,
-            "arch": arch.to_dict(),
-            **val,
-            **{f"test_{k}": v for k, v in test.items()},
             "latency_ms": self.latency.latency_ms(arch, cpu),
             "latency_target": self.latency.target,
             "latency_model": self.latency.kind,

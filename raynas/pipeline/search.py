@@ -84,7 +84,9 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
                 from raynas.latency.remote import meter_actor
 
                 meter_actor(space, cfg.latency)
-            evaluator = create_evaluator_actor(cfg, checkpoint, space, known=prior)
+            evaluator = create_evaluator_actor(cfg, checkpoint, space, known=prior,
+                                               objectives=job.objectives,
+                                               constraints=job.constraints)
             searcher = create_searcher(
                 s.searcher, space=space, objectives=job.objectives,
                 constraints=job.constraints, seed=cfg.seed,
@@ -150,6 +152,15 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
             "search_wall_s": outcome.wall_s,
             "subnets_per_s": len(records) / max(outcome.wall_s, 1e-9),
         }
+        metrics["eval_s"] = sum(float(r.get("eval_s") or 0.0) for r in records)
+        halved = ""
+        if s.evaluator.halving is not None and records:
+            stopped = sum(1 for r in records if r.get("fidelity", 1.0) < 1)
+            metrics["halving_stopped"] = stopped
+            metrics["validation_share"] = sum(r.get("fidelity", 1.0) for r in records) / len(
+                records)
+            halved = (f", {stopped} stopped early by halving (validation share "
+                      f"{metrics['validation_share']:.2f})")
         if drift.checks:
             metrics["latency_drift_checks"] = drift.checks
             metrics["latency_drift_warnings"] = drift.warnings
@@ -167,8 +178,8 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
         for name in ("evaluations.parquet", "pareto.parquet", "pareto.png", "search.json"):
             tracker.log_artifact(job.out / name)
         job.save_state("search", status="finished")
-        say(f"search: {len(records)} subnets ({unique} unique) in {outcome.wall_s:.1f} s, "
-            f"Pareto front {len(front)} points -> {pareto_path}")
+        say(f"search: {len(records)} subnets ({unique} unique) in {outcome.wall_s:.1f} s"
+            f"{halved}, Pareto front {len(front)} points -> {pareto_path}")
     return SearchSummary(records, front, pareto_path, run_id)
 
 

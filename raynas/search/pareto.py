@@ -25,7 +25,15 @@ def _loss_matrix(records: Sequence[Mapping[str, Any]], objectives: Sequence[Obje
 
 def feasible(records: Sequence[Mapping[str, Any]],
              constraints: Sequence[Constraint] = ()) -> list[Mapping[str, Any]]:
-    return [r for r in records if all(c.violation(r) <= 0 for c in constraints)]
+    """The records that may enter a front: within every constraint, and scored on the whole
+    validation set (a record that multi-fidelity halving stopped holds estimates over part of
+    it, ``fidelity`` below 1)."""
+    return [r for r in records if all(c.violation(r) <= 0 for c in constraints)
+            and _full(r.get("fidelity"))]
+
+
+def _full(fidelity: Any) -> bool:
+    return fidelity is None or not fidelity < 1  # NaN: a table whose rows had no halving
 
 
 def pareto_mask(losses: np.ndarray) -> np.ndarray:

@@ -167,6 +167,14 @@ class Task(ABC):
     def metric_sums(self, out: torch.Tensor, batch: Batch) -> dict[str, tuple[float, float]]:
         """Per metric, ``(sum, count)`` over one batch: metrics average over all batches."""
 
+    def sample_sums(self, out: torch.Tensor, batch: Batch
+                    ) -> list[dict[str, tuple[float, float]]]:
+        """``metric_sums`` of each sample of a batch (search halving's error estimate):
+        the output and the batch sliced on their first axis; a task whose output is not
+        batch-first overrides this."""
+        return [self.metric_sums(out[i:i + 1], {k: v[i:i + 1] for k, v in batch.items()})
+                for i in range(len(out))]
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch],
                  device: torch.device | str = "cpu") -> dict[str, float]:
