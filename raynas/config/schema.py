@@ -145,8 +145,6 @@ class HalvingConfig(_Section):
     eta: float = Field(2.0, gt=1, description="each rung scores eta times the share before")
     z: float = Field(2.0, ge=0, description="optimism: a partial score counts as z standard "
                      "errors better than measured when judged against the front")
-    chunk: int = Field(32, ge=1, description="validation samples per chunk (the unit of "
-                       "the standard error; the set is chunked in a seeded random order)")
 
 
 class EvaluatorConfig(_Section):

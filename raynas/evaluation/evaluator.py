@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from raynas.checkpoint import load_checkpoint
@@ -97,13 +98,16 @@ class Evaluator:
         self.halving: Halving | None = None
         h = self.cfg.halving
         if h is not None and h.start < 1 and objectives:
-            chunks = sample_batches(self.data.val, math.ceil(len(self.data.val) / h.chunk),
-                                    h.chunk, seed)
-            self.val_chunks = [to_device(b, self.device) for b in chunks]
-            self._chunk_sizes = [len(next(iter(b.values()))) for b in chunks]
-            self.halving = Halving(h.start, h.eta, h.z, self._chunk_sizes, objectives,
-                                   constraints, {m.name: m.goal for m in self.task.metrics},
-                                   known)
+            n = len(self.data.val)
+            self.halving = Halving(h.start, h.eta, h.z, n, objectives, constraints,
+                                   {m.name: m.goal for m in self.task.metrics}, known)
+            (everything,) = sample_batches(self.data.val, 1, n, seed)  # seeded order
+            self.rung_batches = []  # per rung, its new samples in batches
+            for lo, hi in zip([0, *self.halving.ends], self.halving.ends):
+                self.rung_batches.append([to_device({k: v[i:min(i + batch, hi)]
+                                                     for k, v in everything.items()},
+                                                    self.device)
+                                          for i in range(lo, hi, batch)])
         self.calls = 0
         self.scored = 0  # subnets evaluated by this process (cache hits excluded)
 
@@ -160,16 +164,20 @@ class Evaluator:
                 ) -> tuple[dict[str, float], float]:
         """The validation metrics over the rungs ``static`` reaches, and their share."""
         static.eval()
-        sums: list[Mapping[str, tuple[float, float]]] = []  # one per sample
-        k = 0  # chunks scored
-        for end in self.halving.ends:
-            for chunk in self.val_chunks[k:end]:
-                sums += self.task.sample_sums(static(*self.task.inputs(chunk)), chunk)
-            k = end
-            if k < len(self.val_chunks) and self.halving.hopeless(exact, sums):
+        parts: dict[str, tuple[list, list]] = {}  # metric -> per-sample sums, counts
+        for end, batches in zip(self.halving.ends, self.rung_batches):
+            for b in batches:
+                for name, (s, n) in self.task.sample_sums(static(*self.task.inputs(b)),
+                                                          b).items():
+                    parts.setdefault(name, ([], []))
+                    parts[name][0].append(s.numpy())
+                    parts[name][1].append(n.numpy())
+            sums = {name: (np.concatenate(s), np.concatenate(n))
+                    for name, (s, n) in parts.items()}
+            if end < self.halving.samples and self.halving.hopeless(exact, sums):
                 break
-        share = 1.0 if k == len(self.val_chunks) else len(sums) / self.halving.samples
-        return {name: ratio for name, (ratio, _) in estimate(sums, len(sums)).items()}, share
+        share = end / self.halving.samples
+        return {name: ratio for name, (ratio, _) in estimate(sums, end).items()}, share
 
     def _exact(self, arch: Arch, cpu: torch.nn.Module, measure: bool) -> dict[str, Any]:
         """Latency, FLOPs and parameters of the static subnet (on the CPU; timing moves it

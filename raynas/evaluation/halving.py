@@ -1,22 +1,22 @@
 """Multi-fidelity evaluation on shared weights (``search.evaluator.halving``): successive
 halving inside each subnet's evaluation, judged against the search's own front.
 
-The validation set is cut into K chunks of ``chunk`` samples (one forward each), in a seeded
-random order (a file sorted by label must not show a subnet its first classes only). A subnet
-is scored on the first ``ceil(start * K)`` chunks (at least ``MIN_SAMPLES`` samples), then on
-``eta`` times as many, and so on up to all K. After each rung short of the whole set, each
-validation metric gets its optimistic value: the estimate so far moved ``z`` standard errors
-towards its goal. A metric is a ratio of sums (correct samples over samples, summed loss over
-tokens...), so the error is the ratio estimator's over the samples seen (``Task.sample_sums``),
-with the finite-population correction ``1 - n/N``: the samples left are the rest of one fixed
-set, and the error vanishes at n = N. (Per sample, not per chunk: the spread of a few chunk
+The validation set is put in a seeded random order once (a file sorted by label must not show a
+subnet its first classes only). A subnet is scored on its first ``ceil(start * N)`` samples (at
+least ``MIN_SAMPLES``), then on ``eta`` times as many, and so on up to all N, each rung's new
+samples in the evaluator's batches. After each rung short of the whole set, each validation
+metric gets its optimistic value: the estimate so far moved ``z`` standard errors towards its
+goal. A metric is a ratio of sums (correct samples over samples, summed loss over tokens...),
+so the error is the ratio estimator's over the samples seen (``Task.sample_sums``), with the
+finite-population correction ``1 - n/N``: the samples left are the rest of one fixed set, and
+the error vanishes at n = N. (Per sample, not per chunk of samples: the spread of a few chunk
 means is itself too noisy; 5 chunks of 16 once put a front subnet 3 points below its true
 accuracy with a small spread, and stopped it.) The exact metrics (latency, FLOPs, parameters)
-are known before any chunk is scored.
+are known before any sample is scored.
 
 The subnet stops at a rung when that optimistic point cannot enter the front: a subnet already
 scored in full dominates it (the search's objectives), or it breaks one of the search's
-constraints (the latency budget). Its record then holds the metrics over the chunks seen,
+constraints (the latency budget). Its record then holds the metrics over the samples seen,
 ``fidelity`` (their share of the validation samples) and no test metrics (NaN). A subnet that
 reaches the last rung is scored as without halving, ``fidelity`` 1, and joins the front.
 
@@ -37,31 +37,31 @@ import numpy as np
 #: Samples of the first rung at least: the normal approximation needs a few dozen.
 MIN_SAMPLES = 64
 
-Sums = Mapping[str, tuple[float, float]]  # metric -> (sum, count) over one sample
+Sums = Mapping[str, tuple[np.ndarray, np.ndarray]]  # metric -> per-sample (sums, counts)
 
 
-def rung_ends(start: float, eta: float, chunks: int, first: int = 1) -> list[int]:
-    """Chunks scored by the end of each rung: ``ceil(start * K)`` (at least ``first``), then
-    ``eta`` times the rung before (rounded up), up to K, which always ends the list."""
-    ends = [min(chunks, max(first, math.ceil(round(start * chunks, 9))))]
-    while ends[-1] < chunks:
-        ends.append(min(chunks, max(ends[-1] + 1, math.ceil(round(ends[-1] * eta, 9)))))
+def rung_ends(start: float, eta: float, total: int, first: int = MIN_SAMPLES) -> list[int]:
+    """Samples scored by the end of each rung: ``ceil(start * N)`` (at least ``first``), then
+    ``eta`` times the rung before (rounded up), up to N, which always ends the list."""
+    ends = [min(total, max(first, math.ceil(round(start * total, 9))))]
+    while ends[-1] < total:
+        ends.append(min(total, max(ends[-1] + 1, math.ceil(round(ends[-1] * eta, 9)))))
     return ends
 
 
-def estimate(sums: Sequence[Sums], total: int) -> dict[str, tuple[float, float]]:
-    """Per metric, ``(ratio, standard error)`` over ``sums`` (k units of ``total``).
+def estimate(sums: Sums, total: int) -> dict[str, tuple[float, float]]:
+    """Per metric, ``(ratio, standard error)`` from per-unit ``(sums, counts)`` arrays (k units
+    of ``total``).
 
     The ratio is sum over count, as over the whole set. Its error is the ratio estimator's
     under sampling without replacement: ``sqrt((1 - k/K) / k * s_e^2) / mean count``, with
     ``s_e^2`` the sample variance of the residuals ``sum_i - ratio * count_i``; infinite
     with fewer than two units, 0 once all are seen.
     """
-    k = len(sums)
     out = {}
-    for name in sums[0] if sums else ():
-        s = np.array([c[name][0] for c in sums], dtype=float)
-        n = np.array([c[name][1] for c in sums], dtype=float)
+    for name, (s, n) in sums.items():
+        s, n = np.asarray(s, dtype=float), np.asarray(n, dtype=float)
+        k = len(s)
         ratio = s.sum() / max(n.sum(), 1e-12)
         if k >= total:
             se = 0.0
@@ -80,17 +80,15 @@ class Halving:
 
     ``objectives``: ``(metric, "max" | "min")`` pairs, the search's; ``constraints``:
     ``(metric, limit)`` pairs, each ``metric <= limit``; ``goals``: the task's validation
-    metrics and their goals (the uncertain ones); ``sizes``: the chunks' samples;
+    metrics and their goals (the uncertain ones); ``samples``: N, the validation set's;
     ``known``: records scored before (a resumed search), whose full ones start the front.
     """
 
-    def __init__(self, start: float, eta: float, z: float, sizes: Sequence[int],
+    def __init__(self, start: float, eta: float, z: float, samples: int,
                  objectives: Sequence[Sequence[Any]], constraints: Sequence[Sequence[Any]],
                  goals: Mapping[str, str], known: Sequence[Mapping[str, Any]] = ()):
-        first = next((i + 1 for i in range(len(sizes)) if sum(sizes[:i + 1]) >= MIN_SAMPLES),
-                     len(sizes))
-        self.ends = rung_ends(start, eta, len(sizes), first)
-        self.samples, self.z = sum(sizes), z
+        self.ends = rung_ends(start, eta, samples)
+        self.samples, self.z = samples, z
         self.objectives = [(str(name), str(goal)) for name, goal in objectives]
         self.constraints = [(str(metric), float(limit)) for metric, limit in constraints]
         self.goals = dict(goals)
@@ -110,9 +108,8 @@ class Halving:
                 for name, (ratio, se) in estimate(sums, self.samples).items()}
 
     def hopeless(self, exact: Mapping[str, Any], sums: Sequence[Sums]) -> bool:
-        """Whether the subnet, at its optimistic values after ``sums`` (one per sample
-        seen), breaks a constraint or is dominated by the front (then it is scored no
-        further)."""
+        """Whether the subnet, at its optimistic values after ``sums`` (per sample seen),
+        breaks a constraint or is dominated by the front (then it is scored no further)."""
         values = {**exact, **self.optimistic(sums)}
         if any(float(values[metric]) > limit for metric, limit in self.constraints):
             return True

@@ -168,12 +168,16 @@ class Task(ABC):
         """Per metric, ``(sum, count)`` over one batch: metrics average over all batches."""
 
     def sample_sums(self, out: torch.Tensor, batch: Batch
-                    ) -> list[dict[str, tuple[float, float]]]:
-        """``metric_sums`` of each sample of a batch (search halving's error estimate):
-        the output and the batch sliced on their first axis; a task whose output is not
-        batch-first overrides this."""
-        return [self.metric_sums(out[i:i + 1], {k: v[i:i + 1] for k, v in batch.items()})
+                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``metric_sums`` per sample of a batch, as ``(sums, counts)`` tensors of its length
+        (search halving's error estimate). This default slices the output and the batch on
+        their first axis and calls ``metric_sums`` per sample; tasks override it with one
+        vectorised pass (a task whose output is not batch-first must)."""
+        rows = [self.metric_sums(out[i:i + 1], {k: v[i:i + 1] for k, v in batch.items()})
                 for i in range(len(out))]
+        return {k: (torch.tensor([r[k][0] for r in rows], dtype=torch.float64),
+                    torch.tensor([r[k][1] for r in rows], dtype=torch.float64))
+                for k in (rows[0] if rows else {})}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch],

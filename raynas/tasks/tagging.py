@@ -61,6 +61,15 @@ class Tagging(Task):
                                    ignore_index=IGNORE, reduction="sum"))
         return {"token_accuracy": (right, n), "loss": (ce, n)}
 
+    def sample_sums(self, out, batch):
+        tags = batch["tags"]
+        valid = tags != IGNORE
+        n = valid.sum(1).double().cpu()
+        right = ((out.argmax(-1) == tags) & valid).sum(1).double().cpu()
+        ce = F.cross_entropy(out.float().transpose(1, 2), tags, ignore_index=IGNORE,
+                             reduction="none").sum(1).double().cpu()
+        return {"token_accuracy": (right, n), "loss": (ce, n)}
+
     def example_inputs(self, batch_size: int, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
         t = self.model["max_len"]

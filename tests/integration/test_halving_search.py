@@ -25,7 +25,7 @@ def test_halving_stops_hopeless_subnets_and_keeps_them_off_the_front(smoke_run, 
     out = cwd / "halving-out"
     proc = run_cli(["search", str(SMOKE), "--checkpoint", str(smoke_run["out"] / "checkpoint"),
                     "--output-dir", str(out), "search.evaluator.halving.start=0.25",
-                    "search.evaluator.halving.chunk=16", "search.budget=48", OBJECTIVES,
+                    "search.budget=48", OBJECTIVES,
                     f"tracking.experiment={EXP}"], cwd, uri)
     records = pq.read_table(out / "evaluations.parquet").to_pylist()
     stopped = [r for r in records if r["fidelity"] < 1]

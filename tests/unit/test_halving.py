@@ -21,28 +21,29 @@ from raynas.tasks import make_loader
 OBJECTIVES = [("accuracy", "max"), ("flops", "min")]  # flops: exact and noise-free
 
 
-@pytest.mark.parametrize("start, eta, chunks, first, ends", [
+@pytest.mark.parametrize("start, eta, total, first, ends", [
     (0.25, 2, 16, 1, [4, 8, 16]),
     (0.1, 3, 100, 1, [10, 30, 90, 100]),
-    (0.01, 2, 10, 3, [3, 6, 10]),  # at least `first` chunks first
+    (0.01, 2, 10, 3, [3, 6, 10]),  # at least `first` samples first
     (0.5, 2, 3, 3, [3]),  # too few samples to halve: the whole set at once
+    (0.25, 2, 269, 64, [68, 136, 269]),
 ])
-def test_rungs(start, eta, chunks, first, ends):
-    assert rung_ends(start, eta, chunks, first) == ends
+def test_rungs(start, eta, total, first, ends):
+    assert rung_ends(start, eta, total, first) == ends
 
 
 def test_estimate_is_the_ratio_estimator():
-    sums = [{"acc": (3.0, 4.0)}, {"acc": (1.0, 4.0)}, {"acc": (4.0, 4.0)}]
+    sums = {"acc": ([3.0, 1.0, 4.0], [4.0, 4.0, 4.0])}
     ratio, se = estimate(sums, 10)["acc"]
     assert ratio == pytest.approx(8 / 12)
     means = np.array([0.75, 0.25, 1.0])  # equal counts: the chunk means' error
     assert se == pytest.approx(math.sqrt((1 - 3 / 10) * means.var(ddof=1) / 3))
     assert estimate(sums, 3)["acc"][1] == 0  # every chunk seen
-    assert estimate(sums[:1], 10)["acc"][1] == math.inf  # no spread from one chunk
+    assert estimate({"acc": ([3.0], [4.0])}, 10)["acc"][1] == math.inf  # one: no spread
 
 
 def test_standard_error_covers_the_whole_set_mean():
-    # A fixed set of 0/1 outcomes in 40 chunks, seen through random subsets of 8: the full
+    # A fixed set of 0/1 outcomes in 40 groups, seen through random subsets of 8: the full
     # mean lies within 2 standard errors about as often as a normal estimate promises.
     g = np.random.default_rng(0)
     outcomes = (g.random(40 * 16) < 0.7).astype(float).reshape(40, 16)
@@ -50,13 +51,13 @@ def test_standard_error_covers_the_whole_set_mean():
     hits = 0
     for _ in range(400):
         picked = g.choice(40, 8, replace=False)
-        ratio, se = estimate([{"a": (outcomes[i].sum(), 16.0)} for i in picked], 40)["a"]
+        ratio, se = estimate({"a": (outcomes[picked].sum(1), [16.0] * 8)}, 40)["a"]
         hits += abs(ratio - truth) <= 2 * se
     assert 0.9 <= hits / 400 <= 0.99
 
 
 def _halving(**kw):
-    return Halving(0.25, 2, 2.0, [16] * 16, OBJECTIVES, kw.get("constraints", ()),
+    return Halving(0.25, 2, 2.0, 256, OBJECTIVES, kw.get("constraints", ()),
                    {"accuracy": "max", "loss": "min"}, kw.get("known", ()))
 
 
@@ -64,8 +65,8 @@ def test_hopeless_against_the_front_and_constraints():
     h = _halving(known=[{"accuracy": 0.9, "flops": 100}, {"accuracy": 0.5, "flops": 300,
                                                            "fidelity": 0.5}])
     assert len(h.front) == 1  # a partly scored record does not start the front
-    sure = [{"accuracy": (32.0, 40.0)}] * 4  # 0.8 on every chunk: no spread
-    noisy = [{"accuracy": (s, 40.0)} for s in (20.0, 40.0, 24.0, 44.0)]  # 0.8, wide
+    sure = {"accuracy": ([32.0] * 4, [40.0] * 4)}  # 0.8 on every unit: no spread
+    noisy = {"accuracy": ([20.0, 40.0, 24.0, 44.0], [40.0] * 4)}  # 0.8, wide
     assert h.hopeless({"flops": 200}, sure)  # worse in both: stop
     assert not h.hopeless({"flops": 50}, sure)  # cheaper: may join the front
     assert not h.hopeless({"flops": 200}, noisy)  # could still reach 0.9
@@ -105,7 +106,7 @@ def test_halving_keeps_the_front_and_scores_less(trained_checkpoint, tiny_space)
     archs = list(tiny_space.enumerate())
     random.Random(1).shuffle(archs)
     full = _evaluator(trained_checkpoint, tiny_space).evaluate(archs)
-    ev = _evaluator(trained_checkpoint, tiny_space, {"start": 0.25, "chunk": 16})
+    ev = _evaluator(trained_checkpoint, tiny_space, {"start": 0.25})
     halved = ev.evaluate(archs)
     assert "fidelity" not in full[0]
     stopped = [r for r in halved if r["fidelity"] < 1]
@@ -121,7 +122,7 @@ def test_halving_keeps_the_front_and_scores_less(trained_checkpoint, tiny_space)
             assert r["test_accuracy"] == ref["test_accuracy"]
         else:
             assert math.isnan(r["test_accuracy"]) and r["arch_key"] not in truth
-            assert r["fidelity"] in {80 / 269, 160 / 269}  # a rung's share
+            assert r["fidelity"] in {68 / 269, 136 / 269}  # a rung's share
             assert abs(r["accuracy"] - ref["accuracy"]) < 0.2  # an estimate of it
     assert not feasible(stopped)  # never a front point, in any table
 
@@ -129,11 +130,11 @@ def test_halving_keeps_the_front_and_scores_less(trained_checkpoint, tiny_space)
 def test_halving_refuses_the_infeasible_at_once(trained_checkpoint, tiny_space):
     ev = Evaluator(str(trained_checkpoint), {"name": "digits"}, {"min_run_time_s": 0.002},
                    evaluator={"calib_batches": 1, "calib_batch_size": 128,
-                              "halving": {"start": 0.25, "chunk": 16}},
+                              "halving": {"start": 0.25}},
                    expected_space=tiny_space.to_dict(), objectives=OBJECTIVES,
                    constraints=[("flops", 1.0)])
     (r,) = ev.evaluate([tiny_space.largest()])
-    assert r["fidelity"] == pytest.approx(80 / 269)  # the first rung only
+    assert r["fidelity"] == pytest.approx(68 / 269)  # the first rung only
     assert Constraint("flops", 1.0).violation(r) > 0
 
 

@@ -142,3 +142,33 @@ def test_search_objectives_come_from_the_task():
                                           "loss, latency_ms"):
         Job(build_config({"name": "t", "space": "tiny_cnn",
                           "search": {"objectives": [{"name": "bleu", "goal": "max"}]}}))
+
+
+@pytest.mark.parametrize("name", sorted(TASKS.names()))
+def test_sample_sums_are_metric_sums_per_sample(name, repo_root):
+    """The vectorised per-sample sums (search halving's units) equal ``metric_sums`` of each
+    sample alone (the base class's slicing), and add up to the batch's."""
+    from raynas.tasks.base import Task
+
+    spaces = [SearchSpace.load(p) for p in sorted((repo_root / "search_spaces").glob("*.yaml"))]
+    space = next(s for s in spaces if s.family and build_task(s).name == name)
+    task = build_task(space)
+    g = torch.Generator().manual_seed(0)
+    batch = task.example_inputs(6, seed=1)
+    if name == "tagging":
+        t, classes = batch["tokens"].shape[1], space.model["num_classes"]
+        batch["lengths"] = torch.tensor([t, 4, 7, t, 5, 9])
+        batch["tags"] = torch.randint(0, classes, (6, t), generator=g)
+        batch["tags"][torch.arange(t)[None] >= batch["lengths"][:, None]] = IGNORE
+        out = torch.randn(6, t, classes, generator=g)
+    else:
+        batch["labels"] = torch.randint(0, space.model["num_classes"], (6,), generator=g)
+        out = torch.randn(6, space.model["num_classes"], generator=g)
+    fast, slow = task.sample_sums(out, batch), Task.sample_sums(task, out, batch)
+    whole = task.metric_sums(out, batch)
+    assert set(fast) == set(slow) == set(whole)
+    for k in fast:
+        torch.testing.assert_close(fast[k][0], slow[k][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast[k][1], slow[k][1])
+        assert float(fast[k][0].sum()) == pytest.approx(whole[k][0], rel=1e-5)
+        assert float(fast[k][1].sum()) == pytest.approx(whole[k][1])
