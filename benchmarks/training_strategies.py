@@ -216,6 +216,10 @@ def main() -> None:
                     flush=True)
     if args.merge:
         runs = merge(json.loads(args.merge.read_text())["runs"], runs)
+    for job in runs:
+        if job not in cores:  # merged from the earlier file
+            train = job_train(job)
+            cores[job] = train.num_workers * train.cpus_per_worker
     keys = ("smallest", "median", "largest", "kendall_tau", "mean_gap", "grad_cosine")
     summary = {}
     for job, per in runs.items():
