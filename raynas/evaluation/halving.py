@@ -34,6 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from raynas.search.pareto import feasible, loss_matrix, pareto_mask
+from raynas.search.searchers import Constraint, Objective
+
 #: Samples of the first rung at least: the normal approximation needs a few dozen.
 MIN_SAMPLES = 64
 
@@ -89,8 +92,8 @@ class Halving:
                  goals: Mapping[str, str], known: Sequence[Mapping[str, Any]] = ()):
         self.ends = rung_ends(start, eta, samples)
         self.samples, self.z = samples, z
-        self.objectives = [(str(name), str(goal)) for name, goal in objectives]
-        self.constraints = [(str(metric), float(limit)) for metric, limit in constraints]
+        self.objectives = [Objective(str(name), str(goal)) for name, goal in objectives]
+        self.constraints = [Constraint(str(m), float(limit)) for m, limit in constraints]
         self.goals = dict(goals)
         self.front = np.empty((0, len(self.objectives)))  # losses: every objective minimised
         self.stopped = 0  # subnets stopped short of the whole set
@@ -98,36 +101,30 @@ class Halving:
             if r.get("fidelity", 1.0) >= 1:
                 self.add(r)
 
-    def _losses(self, values: Mapping[str, float]) -> np.ndarray:
-        return np.array([(-1.0 if goal == "max" else 1.0) * float(values[name])
-                         for name, goal in self.objectives])
-
-    def optimistic(self, sums: Sequence[Sums]) -> dict[str, float]:
+    def optimistic(self, sums: Sums) -> dict[str, float]:
         """Each validation metric moved ``z`` standard errors towards its goal."""
         return {name: ratio + (1 if self.goals.get(name) == "max" else -1) * self.z * se
                 for name, (ratio, se) in estimate(sums, self.samples).items()}
 
-    def hopeless(self, exact: Mapping[str, Any], sums: Sequence[Sums]) -> bool:
+    def hopeless(self, exact: Mapping[str, Any], sums: Sums) -> bool:
         """Whether the subnet, at its optimistic values after ``sums`` (per sample seen),
         breaks a constraint or is dominated by the front (then it is scored no further)."""
         values = {**exact, **self.optimistic(sums)}
-        if any(float(values[metric]) > limit for metric, limit in self.constraints):
+        if not feasible([values], self.constraints):
             return True
         if not len(self.front):
             return False
-        p = self._losses(values)
+        p = loss_matrix([values], self.objectives)[0]
         if np.isnan(p).any():
             return False
         return bool(np.any(np.all(self.front <= p, axis=1) & np.any(self.front < p, axis=1)))
 
     def add(self, record: Mapping[str, Any]) -> None:
         """A record scored in full: it joins the front if feasible and not dominated."""
-        if any(float(record[m]) > limit for m, limit in self.constraints):
+        if not feasible([record], self.constraints):
             return
-        p = self._losses(record)
+        p = loss_matrix([record], self.objectives)[0]
         if np.isnan(p).any():
             return
-        from raynas.search.pareto import pareto_mask
-
         rows = np.vstack([self.front, p])
         self.front = rows[pareto_mask(rows)]

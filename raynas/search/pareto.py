@@ -16,7 +16,7 @@ import numpy as np
 from raynas.search.searchers import Constraint, Objective
 
 
-def _loss_matrix(records: Sequence[Mapping[str, Any]], objectives: Sequence[Objective]):
+def loss_matrix(records: Sequence[Mapping[str, Any]], objectives: Sequence[Objective]):
     """Every objective as a value to minimise (maximised metrics negated)."""
     return np.array([[(-1.0 if o.direction == "max" else 1.0) * float(r[o.name])
                       for o in objectives] for r in records], dtype=float).reshape(
@@ -61,7 +61,7 @@ def pareto_front(records: Sequence[Mapping[str, Any]], objectives: Sequence[Obje
     pool = feasible(unique, constraints)
     if not pool:
         return []
-    mask = pareto_mask(_loss_matrix(pool, objectives))
+    mask = pareto_mask(loss_matrix(pool, objectives))
     front = [r for r, keep in zip(pool, mask) if keep]
     last, first = objectives[-1], objectives[0]
     sign = -1.0 if first.direction == "max" else 1.0
@@ -123,7 +123,7 @@ def hypervolume(records: Sequence[Mapping[str, Any]], objectives: Sequence[Objec
     pool = feasible(records, constraints)
     if not pool:
         return 0.0
-    losses = _loss_matrix(pool, objectives)
+    losses = loss_matrix(pool, objectives)
     ref = np.array([(-1.0 if o.direction == "max" else 1.0) * float(v)
                     for o, v in zip(objectives, reference)])
     inside = losses[np.all(losses < ref, axis=1)]
