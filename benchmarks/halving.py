@@ -1,7 +1,7 @@
 """Multi-fidelity search: the hypervolume a search reaches per second of evaluation, with and
 without ``search.evaluator.halving``.
 
-Per job (``vit_tiny``: 2,876 validation samples; ``quickstart``: 269), the job's supernet is
+Per job (``vit_tiny``: 2,876 validation samples; ``quickstart``: 450), the job's supernet is
 trained once (``raynas train``, as a user runs it). Then, per seed, the same searcher runs
 twice in one process, in alternating order: against an evaluator that scores every subnet in
 full, and against one with halving (``start`` 0.25, ``eta`` 2, ``z`` 2). Both

@@ -79,8 +79,8 @@ class Evaluator:
         self.cfg = EvaluatorConfig(**(evaluator or {}))
         batch = int(data.get("batch_size", 256))
         # Held once per actor, as batches: the val / test splits are what every subnet is
-        # scored on; the calibration batches are a seeded random sample of the training set.
-        self.val_batches = [to_device(b, self.device) for b in make_loader(self.data.val, batch)]
+        # scored on (with halving, the val split in its rungs instead, below); the
+        # calibration batches are a seeded random sample of the training set.
         self.test_batches = [to_device(b, self.device)
                              for b in make_loader(self.data.test, batch)]
         self._calib = [to_device(b, self.device) for b in sample_batches(
@@ -96,8 +96,12 @@ class Evaluator:
         self._flops_inputs = tuple(ex[k] for k in self.task.input_names)
         self._cache: dict[str, dict[str, Any]] = {r["arch_key"]: dict(r) for r in known}
         self.halving: Halving | None = None
+        self.val_batches: list = []
         h = self.cfg.halving
-        if h is not None and h.start < 1 and objectives:
+        if h is None or h.start >= 1 or not objectives:
+            self.val_batches = [to_device(b, self.device)
+                                for b in make_loader(self.data.val, batch)]
+        else:
             n = len(self.data.val)
             self.halving = Halving(h.start, h.eta, h.z, n, objectives, constraints,
                                    {m.name: m.goal for m in self.task.metrics}, known)
