@@ -109,9 +109,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``raynas export``: export one subnet (a Pareto point or a given arch)."""
     from raynas.checkpoint import load_checkpoint
     from raynas.pipeline import checkpoint_from_run, front_from_run
+    from raynas.pipeline.deploy import parse_budgets
+    from raynas.pipeline.export import within_budgets
+    from raynas.pipeline.job import record_metrics
+    from raynas.search.replay import parse_constraint
     from raynas.search.results import read_records
 
     job = _load_job(args)
+    budgets = [parse_constraint(b, "--budget", record_metrics(job.task)) for b in args.budget]
+    sweep = parse_budgets(args.budgets, record_metrics(job.task)) if args.budgets else []
+    if args.arch and (budgets or sweep):
+        raise ConfigError("--budget and --budgets pick among Pareto points; --arch names the "
+                          "subnet itself: give one or the other")
+    if sweep and args.pick is not None:
+        raise ConfigError("--pick chooses one Pareto point; --budgets picks the best under "
+                          "each budget: give one or the other")
     if not args.from_run and not args.checkpoint:
         raise ConfigError("export needs --from-run RUN_ID, or --checkpoint DIR with "
                           "--pareto FILE or --arch JSON")
@@ -135,10 +147,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         front = front_from_run(job.tracker, args.from_run, tmp)
     else:
         raise ConfigError("export with --checkpoint needs --pareto FILE or --arch JSON")
+    for b in sweep or [None]:  # a budget no point meets: an error before any work
+        within_budgets(front, [*budgets, *([b] if b else [])])
     # Job.export opens its MLflow run and output directory before the evaluator reads the
     # checkpoint: a corrupt or foreign one must fail here, before anything is written.
     load_checkpoint(checkpoint, expected=job.space, weights=job.cfg.weights.model_dump())
-    result = job.export(checkpoint, front, pick=pick)
+    if sweep:
+        job.deploy(checkpoint, front, sweep, budgets, model_name=args.register)
+        print(f"[raynas] exported {len(sweep)} subnets to {job.out / 'deploy'}")
+        return 0
+    result = job.export(checkpoint, front, pick=pick, budgets=budgets,
+                        register=(args.register, None, {}) if args.register else None)
     print(f"[raynas] exported to {result['directory']}")
     return 0
 

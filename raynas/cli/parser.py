@@ -17,6 +17,7 @@ from raynas.cli.job_commands import (
     cmd_train,
 )
 from raynas.cli.tool_commands import (
+    cmd_compare,
     cmd_latency_fit,
     cmd_replay,
     cmd_spaces_list,
@@ -156,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "TorchScript and ONNX, each checked against the supernet's output.",
         epilog="examples:\n  raynas export jobs/quickstart.yaml --from-run <search run id>\n"
                "  raynas export jobs/quickstart.yaml --from-run <search run id> --pick 0\n"
+               "  raynas export jobs/quickstart.yaml --from-run <search run id> "
+               "--budget params<=20000\n"
+               "  raynas export jobs/quickstart.yaml --from-run <search run id> "
+               "--budgets params<=10000,20000,40000\n"
                "  raynas export jobs/quickstart.yaml --checkpoint outputs/quickstart/"
                "checkpoint --pareto outputs/quickstart/pareto.parquet\n"
                "  raynas export jobs/quickstart.yaml --checkpoint outputs/quickstart/"
@@ -168,8 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", metavar="JSON|FILE", help="export this arch instead of a "
                    "Pareto point (JSON text or a file holding it)")
     p.add_argument("--pick", metavar="best|N", help="Pareto point: 'best' (highest "
-                   "value of the first search objective within the latency budget) or its index, "
+                   "value of the first search objective within the budgets) or its index, "
                    "ordered by latency")
+    p.add_argument("--budget", action="append", default=[], metavar="METRIC<=LIMIT",
+                   help="pick among the Pareto points meeting this budget (repeatable: all "
+                   "must hold); any metric a record holds: params<=2e6, flops<=5e6, "
+                   "latency_ms<=0.5, loss<=0.3")
+    p.add_argument("--budgets", metavar="METRIC<=LIMIT,LIMIT,...", help="deploy many: "
+                   "one export per limit (the best Pareto point within it, and within every "
+                   "--budget), into deploy/<budget>/, each a version of one registered MLflow "
+                   "model aliased by its budget, with a summary in deploy/deploy.md and "
+                   "deploy.parquet; plain numbers are latency in ms (0.3,0.5,1.0)")
+    p.add_argument("--register", metavar="NAME", help="register the exported model in "
+                   "MLflow's model registry under NAME (with --budgets: default the job's name)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("latency", formatter_class=fmt,
@@ -284,6 +300,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="searcher option (YAML value), like search.options in a job")
     p.add_argument("--out", metavar="FILE.json", help="also write the report as JSON")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser(
+        "compare", formatter_class=fmt, help="several searches' fronts in one plot and table",
+        description="The Pareto fronts of several searches (searchers, weight schemes, "
+                    "devices) in one plot and one table. Every hypervolume is taken against "
+                    "one reference point, placed by raynas's rule over all the fronts "
+                    "together; 'share' is a front's hypervolume over the pooled front's.",
+        epilog="examples:\n  raynas compare outputs/nsga2 outputs/tpe\n"
+               "  raynas compare <search run id> <search run id> --label nsga2 --label tpe "
+               "--out outputs/compare")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="a search's output folder "
+                   "(evaluations.parquet, pareto.parquet, search.json) or a search stage's "
+                   "MLflow run id")
+    p.add_argument("--label", action="append", metavar="NAME", help="name of each source "
+                   "in the plot and table, in order (default: folder name or short run id)")
+    p.add_argument("--out", default="outputs/compare", metavar="DIR", help="where compare.png, "
+                   "compare.md and compare.parquet go (default outputs/compare)")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow store of run ids (default "
+                   "MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("ticket", formatter_class=fmt,
                        help="export a pruned subnet (arch + masks) to retrain elsewhere",

@@ -1,5 +1,5 @@
-"""Commands that work without a job file: ``latency fit``, ``replay``, ``spaces list|show``,
-``ticket export``."""
+"""Commands that work without a job file: ``latency fit``, ``replay``, ``compare``,
+``spaces list|show``, ``ticket export``."""
 
 from __future__ import annotations
 
@@ -243,4 +243,49 @@ def cmd_ticket_export(args: argparse.Namespace) -> int:
           f"{ticket['epoch'] + 1}, sparsity {s['sparsity']:.3f} ({int(s['zero_weights'])} of "
           f"{int(s['prunable_weights'])} conv/linear weights of the subnet are 0)")
     print(f"[raynas] next: raynas train JOB.yaml train.init_ticket={path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``raynas compare``: several searches' fronts in one plot and one table."""
+    import os
+    import tempfile
+
+    from raynas.search.compare import compare, load_source, write_outputs
+
+    if len(args.sources) < 1:
+        raise ConfigError("compare needs at least one SOURCE")
+    labels = args.label or []
+    if labels and len(labels) != len(args.sources):
+        raise ConfigError(f"--label is given {len(labels)} times for {len(args.sources)} "
+                          "sources: give one per source, or none")
+    tracker, sources = None, []
+    for i, source in enumerate(args.sources):
+        path = Path(source)
+        if not path.exists() and re.fullmatch(r"[0-9a-f]{32}", source):
+            if tracker is None:
+                from raynas.config import DEFAULT_TRACKING_URI
+                from raynas.pipeline import MlflowTracker
+
+                tracker = MlflowTracker(args.tracking_uri or os.environ.get(
+                    "MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+            path = Path(tempfile.mkdtemp())
+            for name in ("evaluations.parquet", "pareto.parquet", "search.json"):
+                try:
+                    tracker.download_artifacts(source, name, path)
+                except Exception:
+                    raise ConfigError(f"SOURCE = {source!r}: the run has no {name} artifact; "
+                                      "give the run id of a search stage") from None
+            label = labels[i] if labels else f"{source[:8]}"
+        elif not path.is_dir():
+            raise ConfigError(f"SOURCE = {source!r}: neither a search's output folder nor an "
+                              "MLflow run id")
+        else:
+            label = labels[i] if labels else path.name
+        sources.append(load_source(path, label))
+    objectives, reference, rows = compare(sources)
+    out = Path(args.out)
+    write_outputs(sources, objectives, reference, rows, out)
+    print((out / "compare.md").read_text(), end="")
+    print(f"[raynas] plot {out / 'compare.png'}; table {out / 'compare.parquet'}")
     return 0

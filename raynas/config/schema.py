@@ -198,6 +198,10 @@ class SearchConfig(_Section):
     subnets_per_trial: int = Field(16, ge=1, description="subnets each Tune trial evaluates")
     max_concurrent_trials: int = Field(2, ge=1)
     latency_budget_ms: float | None = Field(None, gt=0)
+    constraints: list[str] = Field(
+        default_factory=list, description="budgets on any metric a subnet's record holds, "
+        "each METRIC<=LIMIT: params<=2e6, flops<=5e6, latency_ms<=0.5, or a task metric to "
+        "minimise (loss<=0.3); a subnet above one is infeasible, as above the latency budget")
     objectives: list[ObjectiveConfig] | None = Field(
         None, description="what the search optimises: metrics of the task (e.g. accuracy, "
         "loss), latency_ms, flops or params, each with a goal (max or min); default: the "
@@ -207,6 +211,11 @@ class SearchConfig(_Section):
         default_factory=dict, description="searcher-specific settings, e.g. "
         "{optimizer: NGOpt} for nevergrad, {parents_size: 8} for hat_evolution")
     evaluator: EvaluatorConfig = EvaluatorConfig()
+
+    @field_validator("constraints", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v  # search.constraints=params<=2e6 on its own
 
 
 class ExportConfig(_Section):

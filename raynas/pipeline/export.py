@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from raynas.errors import CheckpointError, ConfigError
 from raynas.pipeline.progress import say
-from raynas.search.searchers import Objective
+from raynas.search.searchers import Constraint, Objective
 from raynas.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -20,11 +20,18 @@ if TYPE_CHECKING:
 
 def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
                  parent_id: str | None = None, pick: str | int | None = None,
-                 records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 records: list[dict[str, Any]] | None = None,
+                 budgets: Sequence[Constraint] = (), directory: Path | None = None,
+                 register: tuple[str, str | None, dict[str, str]] | None = None
+                 ) -> dict[str, Any]:
     """Export the chosen Pareto point as a static model; check it against the supernet.
 
     ``records`` (every evaluated subnet, when at hand) keeps them in the replotted
-    ``pareto.png``, which adds a star at the exported point.
+    ``pareto.png``, which adds a star at the exported point. ``budgets``: only Pareto points
+    meeting every one are candidates (see ``choose``). ``directory``: where the model and
+    the plot go (default: ``subnet/`` and ``pareto.png`` in the job's output folder).
+    ``register`` (name, alias, tags): the TorchScript model also becomes a version of that
+    registered model in MLflow's model registry.
     """
     import torch
 
@@ -34,7 +41,7 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
     from raynas.search.plot import plot_pareto
 
     cfg, space = job.cfg, job.space
-    chosen = choose(front, cfg.export.pick if pick is None else pick, job.objectives)
+    chosen = choose(front, cfg.export.pick if pick is None else pick, job.objectives, budgets)
     arch = space.validate(chosen["arch"])
     with job.stage_run("export", parent_id):
         if parent_id is None:
@@ -47,9 +54,10 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
             record = evaluator.score(arch, static, measure=True)
         example = evaluator.example_batch(256)
         result = export_subnet(evaluator.supernet, static, space, arch, example,
-                               job.out / "subnet", cfg.export.formats, cfg.export.atol,
-                               task=job.task)
-        tracker.log_params({"arch_key": arch.key, "arch": arch.to_json()})
+                               directory or job.out / "subnet", cfg.export.formats,
+                               cfg.export.atol, task=job.task)
+        tracker.log_params({"arch_key": arch.key, "arch": arch.to_json(),
+                            **({"budgets": ", ".join(map(str, budgets))} if budgets else {})})
         metric_names = [m.name for m in job.task.metrics]
         tracker.log_metrics({
             **{f"test_{k}": record[f"test_{k}"] for k in metric_names},
@@ -66,13 +74,21 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
             # MLflow's torch flavour takes one array as an input example: models of several
             # inputs (tokens and lengths) are logged without one.
             names = job.task.input_names
-            tracker.log_model(scripted, "exported_subnet",
-                              example[names[0]][:1].numpy() if len(names) == 1 else None)
-        plot_pareto(records or front, front, job.out / "pareto.png",
-                    title=f"{cfg.name}: exported subnet", chosen=chosen,
+            uri = tracker.log_model(scripted, "exported_subnet",
+                                    example[names[0]][:1].numpy() if len(names) == 1 else None)
+            if register and uri:
+                record["model_version"] = tracker.register_model(uri, *register)
+        plot = (directory or job.out) / "pareto.png"
+        plot_pareto(records or front, front, plot,
+                    title=f"{cfg.name}: exported subnet"
+                    + (f" ({', '.join(map(str, budgets))})" if budgets else ""), chosen=chosen,
                     latency_budget_ms=cfg.search.latency_budget_ms,
                     metric=job.objectives[0].name)
-        tracker.log_artifact(job.out / "pareto.png")
+        tracker.log_artifact(plot)
+        for b in budgets:  # chosen by its search-time value; measured again here
+            if b.metric in record and float(record[b.metric]) > b.limit:
+                say(f"WARNING: {b.metric} {float(record[b.metric]):.4g} measured at export is "
+                    f"above the budget {b} ({float(chosen[b.metric]):.4g} at search)")
         primary = job.task.primary.name
         say(f"export: subnet {arch.key} -> {result.directory}  test {primary} "
             f"{record[f'test_{primary}']:.3f}, {record['latency_measured_ms']:.3f} ms "
@@ -83,17 +99,21 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
             f"supernet (max |diff| {max(result.checks.values()):.2g})"
             + (f"; sparsity {result.sparsity['sparsity']:.3f} of its conv/linear weights"
                if result.sparsity else ""))
-    return {**export_metadata(result), "record": record}
+    return {**export_metadata(result), "record": record, "chosen": chosen}
 
 
 def choose(front: list[dict[str, Any]], pick: str | int,
-           objectives: Sequence[Objective] = ()) -> dict[str, Any]:
+           objectives: Sequence[Objective] = (),
+           budgets: Sequence[Constraint] = ()) -> dict[str, Any]:
     """The Pareto point to export: ``"best"`` (the best value of the first objective, ties
     broken by the next ones; without objectives, the fastest) or an index into the front
-    ordered by latency."""
+    ordered by latency. With ``budgets`` (``raynas export --budget``), only the points that
+    meet every one are candidates."""
     if not front:
-        raise ConfigError("the Pareto front is empty: no evaluated subnet meets the latency "
-                          "budget (search.latency_budget_ms); raise it or search longer")
+        raise ConfigError("the Pareto front is empty: no evaluated subnet meets the search's "
+                          "budgets (search.latency_budget_ms, search.constraints); raise them "
+                          "or search longer")
+    front = within_budgets(front, budgets)
     if pick == "best":
         objectives = tuple(objectives) or (Objective("latency_ms", "min"),)
         return min(front, key=lambda r: tuple(
@@ -102,6 +122,22 @@ def choose(front: list[dict[str, Any]], pick: str | int,
         return front[pick]
     raise ConfigError(f"export.pick = {pick!r}: the Pareto front has {len(front)} points; "
                       f"use 'best' or an index 0..{len(front) - 1} (ordered by latency)")
+
+
+def within_budgets(front: list[dict[str, Any]],
+                   budgets: Sequence[Constraint]) -> list[dict[str, Any]]:
+    """The points of ``front`` that meet every budget; an error naming the budget when none
+    does."""
+    for b in budgets:
+        if front and b.metric not in front[0]:
+            raise ConfigError(f"budget '{b}': the Pareto front has no {b.metric!r} column")
+        meets = [r for r in front if float(r[b.metric]) <= b.limit]
+        if front and not meets:
+            least = min(float(r[b.metric]) for r in front)
+            raise ConfigError(f"budget '{b}': no Pareto point meets it (the front's "
+                              f"smallest {b.metric} is {least:g})")
+        front = meets
+    return front
 
 
 def checkpoint_from_run(tracker: Tracker, run_id: str, dst: Path) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +74,7 @@ class Job:
         self._tracker = tracker
         self._in_ray = False
         self.objectives = search_objectives(cfg, self.task)
-        budget = cfg.search.latency_budget_ms
-        self.constraints = (Constraint("latency_ms", budget),) if budget else ()
+        self.constraints = search_constraints(cfg, self.task)
 
     @contextlib.contextmanager
     def ray(self, *stages: str) -> Iterator[None]:
@@ -281,9 +280,21 @@ class Job:
 
     def export(self, checkpoint: str | Path, front: list[dict[str, Any]],
                parent_id: str | None = None, pick: str | int | None = None,
-               records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               records: list[dict[str, Any]] | None = None,
+               budgets: Sequence[Constraint] = (),
+               register: tuple[str, str | None, dict[str, str]] | None = None
+               ) -> dict[str, Any]:
         """Export a Pareto point; see :func:`raynas.pipeline.export.export_stage`."""
-        return export_stage(self, checkpoint, front, parent_id, pick, records)
+        return export_stage(self, checkpoint, front, parent_id, pick, records, budgets,
+                            register=register)
+
+    def deploy(self, checkpoint: str | Path, front: list[dict[str, Any]],
+               sweep: Sequence[Constraint], fixed: Sequence[Constraint] = (),
+               model_name: str | None = None) -> list[dict[str, Any]]:
+        """One export per budget; see :func:`raynas.pipeline.deploy.deploy_stage`."""
+        from raynas.pipeline.deploy import deploy_stage
+
+        return deploy_stage(self, checkpoint, front, sweep, fixed, model_name)
 
     def profile_latency(self, n: int, out: str | Path | None = None,
                         lut: str | Path | None = None) -> dict[str, Any]:
@@ -300,13 +311,32 @@ def default_objectives(task: Task) -> tuple[Objective, ...]:
     return (Objective(task.primary.name, task.primary.goal), Objective("latency_ms", "min"))
 
 
+def record_metrics(task: Task) -> dict[str, str]:
+    """Metric -> goal for everything a subnet's record holds: the task's metrics, latency,
+    FLOPs and parameters."""
+    return {m.name: m.goal for m in task.metrics} | SUBNET_FIELDS
+
+
+def search_constraints(cfg: JobConfig, task: Task) -> tuple[Constraint, ...]:
+    """``search.latency_budget_ms`` and ``search.constraints``, checked against what a record
+    holds."""
+    from raynas.search.replay import parse_constraint
+
+    budget = cfg.search.latency_budget_ms
+    out = [Constraint("latency_ms", budget)] if budget else []
+    known = record_metrics(task)
+    out += [parse_constraint(text, f"search.constraints[{i}]", known)
+            for i, text in enumerate(cfg.search.constraints)]
+    return tuple(out)
+
+
 def search_objectives(cfg: JobConfig, task: Task) -> tuple[Objective, ...]:
     """``search.objectives`` checked against what a record holds (the task's metrics and
     the subnet's latency, FLOPs and parameters); default: the task's primary metric and
     latency."""
     if cfg.search.objectives is None:
         return default_objectives(task)
-    known = {m.name: m.goal for m in task.metrics} | SUBNET_FIELDS
+    known = record_metrics(task)
     out = []
     for i, o in enumerate(cfg.search.objectives):
         if o.name not in known:

@@ -92,8 +92,8 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
                 constraints=job.constraints, seed=cfg.seed,
                 **{"population_size": s.population_size, **s.options})
             say(f"search: {s.searcher}, {s.budget} subnets, {s.subnets_per_trial} per "
-                f"Tune trial" + (f", latency budget {s.latency_budget_ms} ms"
-                                 if s.latency_budget_ms else ""))
+                f"Tune trial" + (f", budgets {', '.join(map(str, job.constraints))}"
+                                 if job.constraints else ""))
             # One MLflow series per objective, plus latency (the front's other axis).
             logged = list(dict.fromkeys([o.name for o in job.objectives] + ["latency_ms"]))
             lat = cfg.latency
@@ -173,7 +173,8 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
         tracker.log_params({"hypervolume.reference": reference})
         summary = {**metrics, "hypervolume_reference": reference,
                    "objectives": [[o.name, o.direction] for o in job.objectives],
-                   "latency_budget_ms": s.latency_budget_ms, "searcher": s.searcher}
+                   "latency_budget_ms": s.latency_budget_ms,
+                   "constraints": [str(c) for c in job.constraints], "searcher": s.searcher}
         (job.out / "search.json").write_text(json.dumps(summary, indent=2))
         for name in ("evaluations.parquet", "pareto.parquet", "pareto.png", "search.json"):
             tracker.log_artifact(job.out / name)

@@ -48,17 +48,28 @@ def parse_objective(text: str) -> Objective:
     return Objective(name, direction)
 
 
-def parse_constraint(text: str) -> Constraint:
-    """``"latency_ms<=0.5"`` -> Constraint."""
-    name, sep, limit = text.partition("<=")
+def parse_constraint(text: str, field: str = "--constraint",
+                     known: Mapping[str, str] | None = None) -> Constraint:
+    """``"latency_ms<=0.5"`` -> Constraint. ``field`` names the setting in errors; ``known``
+    (metric -> goal), when given, is what the metric must be one of: a metric to minimise,
+    since a budget bounds it from above."""
+    name, sep, limit = str(text).partition("<=")
+    name = name.strip()
     try:
         value = float(limit)
     except ValueError:
         value = None
-    if not sep or not name.strip() or value is None:
-        raise ConfigError(f"--constraint = {text!r}: write METRIC<=LIMIT, e.g. "
-                          "latency_ms<=0.5")
-    return Constraint(name.strip(), value)
+    if not sep or not name or value is None or not math.isfinite(value):
+        raise ConfigError(f"{field} = {text!r}: write METRIC<=LIMIT with a finite number, "
+                          "e.g. latency_ms<=0.5 or params<=2e6")
+    if known is not None and name not in known:
+        raise ConfigError(f"{field} = {text!r}: {name!r} is not a metric a subnet's record "
+                          f"holds; choose from {', '.join(known)}")
+    if known is not None and known[name] == "max":
+        raise ConfigError(f"{field} = {text!r}: {name} is maximised, and a budget caps a "
+                          f"metric from above; budget one of "
+                          f"{', '.join(k for k, g in known.items() if g == 'min')}")
+    return Constraint(name, value)
 
 
 def check_budgets(budgets: Sequence[int], size: int | None = None) -> list[int]:

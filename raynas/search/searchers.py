@@ -46,6 +46,10 @@ class Constraint:
     def violation(self, values: Mapping[str, float]) -> float:
         return float(values[self.metric]) - self.limit
 
+    def __str__(self) -> str:  # the limit exactly, as a budget is written: params<=2000000
+        limit = float(self.limit)
+        return f"{self.metric}<={int(limit) if limit.is_integer() else limit!r}"
+
 
 def check_options(searcher: str, unknown: Mapping[str, Any], allowed: Iterable[str]) -> None:
     """Raise ``ConfigError`` for the first option a searcher's factory does not take.

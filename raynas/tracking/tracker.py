@@ -75,6 +75,11 @@ class Tracker:
     def log_model(self, model: Any, name: str, input_example: Any = None) -> str | None:
         return None
 
+    def register_model(self, model_uri: str, name: str, alias: str | None = None,
+                       tags: Mapping[str, Any] | None = None) -> str | None:
+        """Add a logged model to the model registry under ``name``; return its version."""
+        return None
+
     def download_artifacts(self, run_id: str, path: str, dst: str | Path) -> Path:
         raise NotImplementedError("this tracker stores no artifacts")
 
@@ -208,6 +213,18 @@ class MlflowTracker(Tracker):
         finally:
             quiet.setLevel(level)
         return info.model_uri
+
+    def register_model(self, model_uri, name, alias=None, tags=None):
+        """A new version of registered model ``name`` (created if new), with ``alias``
+        pointing at it and ``tags`` on it."""
+        import mlflow
+
+        version = mlflow.register_model(model_uri, name).version
+        for key, value in (tags or {}).items():
+            self.client.set_model_version_tag(name, version, key, str(value))
+        if alias:
+            self.client.set_registered_model_alias(name, alias, version)
+        return str(version)
 
     def download_artifacts(self, run_id, path, dst):
         Path(dst).mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import gzip
 import json
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 from cli_helpers import assert_one_error_line, cli_runner
 
@@ -17,7 +18,7 @@ from raynas.cli import main
 from raynas.search.results import write_records
 from raynas.tracking import NullTracker
 
-SUBCOMMANDS = ["run", "train", "search", "export", "spaces", "latency", "replay",
+SUBCOMMANDS = ["run", "train", "search", "export", "spaces", "latency", "replay", "compare",
                "ticket"]
 
 
@@ -229,7 +230,7 @@ def no_work(monkeypatch):
     def reached(self, *args, **kwargs):
         pytest.fail("bad input reached a pipeline stage")
 
-    for stage in ("run", "train", "search", "export", "profile_latency"):
+    for stage in ("run", "train", "search", "export", "deploy", "profile_latency"):
         monkeypatch.setattr(f"raynas.pipeline.Job.{stage}", reached)
 
 
@@ -402,3 +403,82 @@ def test_help_actions(argv, capsys):
         main([*argv, "--help"])
     assert e.value.code == 0
     assert "example" in capsys.readouterr().out
+
+
+def test_export_budget_errors(cli, quickstart_job, digits_checkpoint, pareto_file, no_work,
+                              tmp_path):
+    """A budget that is malformed, names no recorded metric, or that no Pareto point meets
+    fails before anything is written; so does one beside --arch."""
+    args = ("export", quickstart_job, "--checkpoint", digits_checkpoint, "--pareto",
+            pareto_file, "--output-dir", tmp_path / "out")
+    rc, _, err = cli(*args, "--budget", "params<2e4")
+    assert_one_error_line(rc, err, "--budget = 'params<2e4'", "METRIC<=LIMIT")
+    rc, _, err = cli(*args, "--budget", "size<=3")
+    assert_one_error_line(rc, err, "'size' is not a metric", "flops, params")
+    rc, _, err = cli(*args, "--budget", "latency_ms<=0.5")
+    assert_one_error_line(rc, err, "budget 'latency_ms<=0.5'", "no Pareto point meets it",
+                          "smallest latency_ms is 1")
+    rc, _, err = cli("export", quickstart_job, "--checkpoint", digits_checkpoint, "--arch",
+                     '{"a": 1}', "--budget", "params<=1e6")
+    assert_one_error_line(rc, err, "--budget", "--arch")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_budgets_errors(cli, quickstart_job, digits_checkpoint, pareto_file, no_work,
+                               tmp_path):
+    """Deploy many: every limit is checked against the front before any export starts."""
+    args = ("export", quickstart_job, "--checkpoint", digits_checkpoint, "--pareto",
+            pareto_file, "--output-dir", tmp_path / "out")
+    rc, _, err = cli(*args, "--budgets", "5,0.5")  # plain limits: latency in ms
+    assert_one_error_line(rc, err, "budget 'latency_ms<=0.5'", "no Pareto point meets it")
+    rc, _, err = cli(*args, "--budgets", "params<=1e4,1e4")
+    assert_one_error_line(rc, err, "--budgets = 'params<=1e4,1e4'", "given twice")
+    rc, _, err = cli(*args, "--budgets", "2,3", "--pick", "0")
+    assert_one_error_line(rc, err, "--pick", "--budgets")
+    rc, _, err = cli(*args, "--budgets", "accuracy<=0.9")
+    assert_one_error_line(rc, err, "--budgets = 'accuracy<=0.9'", "maximised")
+    assert not (tmp_path / "out").exists()
+
+
+def _search_dir(path, space, points, searcher):
+    """A search output folder: evaluations.parquet (= its front here), pareto.parquet and
+    search.json."""
+    records = [{"arch": space.sample(i).to_dict(), "accuracy": a, "latency_ms": t}
+               for i, (a, t) in enumerate(points)]
+    write_records(path / "evaluations.parquet", records, space)
+    write_records(path / "pareto.parquet", records, space)
+    (path / "search.json").write_text(json.dumps(
+        {"objectives": [["accuracy", "max"], ["latency_ms", "min"]], "searcher": searcher}))
+    return path
+
+
+def test_compare_puts_fronts_against_one_reference(cli, tmp_path, digits_space):
+    """Hypervolume shares against the pooled front, checked by hand: front A (0.9 at 1 ms,
+    0.5 at 0.5 ms) dominates front B (0.8 at 1 ms). The reference is raynas's rule over the
+    pooled front: accuracy 0.5 - 0.04 = 0.46, latency 1 + 0.05 = 1.05."""
+    a = _search_dir(tmp_path / "a", digits_space, [(0.9, 1.0), (0.5, 0.5)], "nsga2")
+    b = _search_dir(tmp_path / "b", digits_space, [(0.8, 1.0)], "random")
+    rc, out, err = cli("compare", a, b, "--label", "A", "--label", "B", "--out",
+                       tmp_path / "cmp")
+    assert rc == 0, err
+    rows = {r["source"]: r for r in pq.read_table(tmp_path / "cmp" / "compare.parquet")
+            .to_pylist()}
+    area_a = (0.9 - 0.46) * (1.05 - 1.0) + (0.5 - 0.46) * (1.0 - 0.5)
+    area_b = (0.8 - 0.46) * (1.05 - 1.0)
+    assert rows["A"]["hypervolume"] == pytest.approx(area_a)
+    assert rows["A"]["share"] == pytest.approx(1.0)
+    assert rows["B"]["share"] == pytest.approx(area_b / area_a)
+    assert rows["B"]["best_accuracy"] == 0.8 and rows["A"]["front_size"] == 2
+    assert "| B | random | 1 | 1 |" in out and (tmp_path / "cmp" / "compare.png").is_file()
+
+
+def test_compare_errors(cli, tmp_path, digits_space):
+    a = _search_dir(tmp_path / "a", digits_space, [(0.9, 1.0)], "nsga2")
+    rc, _, err = cli("compare", a, tmp_path / "none")
+    assert_one_error_line(rc, err, "SOURCE = ", "none", "neither a search's output folder")
+    (tmp_path / "empty").mkdir()
+    rc, _, err = cli("compare", a, tmp_path / "empty")
+    assert_one_error_line(rc, err, "empty", "holds no evaluations.parquet, pareto.parquet, "
+                          "search.json")
+    rc, _, err = cli("compare", a, a, "--label", "only-one")
+    assert_one_error_line(rc, err, "--label is given 1 times for 2 sources")

@@ -10,6 +10,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from raynas.errors import ConfigError
 from raynas.search.results import read_records, records_to_table, write_records
 from raynas.space import Arch
 
@@ -112,3 +113,37 @@ def test_a_table_being_replaced_reads_whole(tmp_path, digits_space):
         stop.set()
         thread.join()
     assert reads > 10
+
+
+def test_export_choose_within_budgets():
+    """``--budget``: the best point among those meeting every budget, not the best overall."""
+    from raynas.pipeline.export import choose
+    from raynas.search.searchers import Constraint, Objective
+
+    front = [{"accuracy": 0.80, "latency_ms": 0.2, "params": 1e3},
+             {"accuracy": 0.90, "latency_ms": 0.5, "params": 5e3},
+             {"accuracy": 0.95, "latency_ms": 0.9, "params": 2e4}]
+    acc = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
+    assert choose(front, "best", acc)["params"] == 2e4
+    assert choose(front, "best", acc, [Constraint("params", 1e4)])["params"] == 5e3
+    both = [Constraint("params", 1e4), Constraint("latency_ms", 0.3)]
+    assert choose(front, "best", acc, both)["params"] == 1e3
+    assert choose(front, 1, acc, [Constraint("params", 1e4)])["params"] == 5e3
+    with pytest.raises(ConfigError, match=r"export.pick = 2: the Pareto front has 2 points"):
+        choose(front, 2, acc, [Constraint("params", 1e4)])
+
+
+def test_deploy_budgets_parse_and_label():
+    from raynas.pipeline.deploy import budget_label, parse_budgets
+    from raynas.search.searchers import Constraint
+
+    known = {"accuracy": "max", "latency_ms": "min", "params": "min"}
+    assert parse_budgets("params<=1e4, 2e4", known) == [Constraint("params", 1e4),
+                                                        Constraint("params", 2e4)]
+    sweep = parse_budgets("0.3,0.5", known)
+    assert sweep == [Constraint("latency_ms", 0.3), Constraint("latency_ms", 0.5)]
+    assert [budget_label(b) for b in sweep] == ["latency_ms_le_0_3", "latency_ms_le_0_5"]
+    assert budget_label(Constraint("params", 2e4)) == "params_le_20000"
+    for bad in ("params<=", "params<=1,,2", "size<=3", "1,1"):
+        with pytest.raises(ConfigError, match="--budgets"):
+            parse_budgets(bad, known)

@@ -172,3 +172,26 @@ def test_sample_sums_are_metric_sums_per_sample(name, repo_root):
         torch.testing.assert_close(fast[k][1], slow[k][1])
         assert float(fast[k][0].sum()) == pytest.approx(whole[k][0], rel=1e-5)
         assert float(fast[k][1].sum()) == pytest.approx(whole[k][1])
+
+
+def test_search_constraints_bound_any_recorded_metric():
+    from raynas.pipeline.job import Job
+    from raynas.search.searchers import Constraint
+
+    job = Job(build_config({"name": "t", "space": "tiny_cnn", "search": {
+        "latency_budget_ms": 0.5, "constraints": ["params<=2e4", "loss <= 0.3"]}}))
+    assert job.constraints == (Constraint("latency_ms", 0.5), Constraint("params", 2e4),
+                               Constraint("loss", 0.3))
+    one = Job(build_config({"name": "t", "space": "tiny_cnn",
+                            "search": {"constraints": "params<=2e4"}}))  # a lone budget
+    assert one.constraints == (Constraint("params", 2e4),) and str(one.constraints[0]) == \
+        "params<=20000"
+    for bad, needle in [
+            ("parms<=2e4", r"search.constraints\[0\] = 'parms<=2e4': 'parms' is not a metric "
+                           r"a subnet's record holds; choose from accuracy, loss, latency_ms"),
+            ("accuracy<=0.9", r"accuracy is maximised, and a budget caps a metric from above; "
+                              r"budget one of loss, latency_ms, flops, params"),
+            ("params<2e4", r"write METRIC<=LIMIT"), ("params<=inf", r"finite number")]:
+        with pytest.raises(ConfigError, match=needle):
+            Job(build_config({"name": "t", "space": "tiny_cnn",
+                              "search": {"constraints": [bad]}}))

@@ -1,0 +1,107 @@
+"""Deploy many (``raynas export --budgets``): from one search's Pareto front, the best subnet
+under each of several budgets, each exported and checked as a single export is, registered
+as a version of one MLflow registered model (aliased by budget), and summed up in one table.
+
+Outputs, under ``<output dir>/deploy/``: one folder per budget (``params_le_20000/``: the
+model files and its ``pareto.png`` with the chosen point starred), ``deploy.parquet`` and
+``deploy.md`` (budget, arch, validation and test metrics, latency at search and measured now,
+FLOPs, parameters, registered version). An MLflow parent run ``deploy`` holds one ``export``
+child run per budget and the two tables.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from raynas.errors import ConfigError
+from raynas.pipeline.export import export_stage, within_budgets
+from raynas.pipeline.progress import say
+from raynas.search.searchers import Constraint
+
+if TYPE_CHECKING:
+    from raynas.pipeline.job import Job
+
+
+def parse_budgets(text: str, known: dict[str, str]) -> list[Constraint]:
+    """``"params<=1e4,2e4,5e4"`` (or ``"0.3,0.5"``: latency in ms) -> one Constraint per
+    limit, in the order given."""
+    from raynas.search.replay import parse_constraint
+
+    metric, sep, limits = str(text).rpartition("<=")
+    if not sep:
+        metric, limits = "latency_ms", text
+    parts = [p.strip() for p in limits.split(",")]
+    if not all(parts):
+        raise ConfigError(f"--budgets = {text!r}: write METRIC<=LIMIT,LIMIT,... (e.g. "
+                          "params<=1e4,2e4 or latency_ms<=0.3,0.5; plain limits are latency "
+                          "in ms)")
+    out = [parse_constraint(f"{metric}<={p}", "--budgets", known) for p in parts]
+    if len({c.limit for c in out}) != len(out):
+        raise ConfigError(f"--budgets = {text!r}: a limit is given twice")
+    return out
+
+
+def budget_label(budget: Constraint) -> str:
+    """A folder name and MLflow alias for a budget: ``params<=20000`` -> ``params_le_20000``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{budget.metric}_le_{str(budget).split('<=')[1]}")
+
+
+def deploy_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
+                 sweep: Sequence[Constraint], fixed: Sequence[Constraint] = (),
+                 model_name: str | None = None) -> list[dict[str, Any]]:
+    """One export per budget of ``sweep`` (each together with every budget of ``fixed``);
+    returns the summary rows. Every budget is checked against the front before any work."""
+    for b in sweep:  # a budget no Pareto point meets: an error naming it, nothing written
+        within_budgets(front, [*fixed, b])
+    name = model_name or job.cfg.name
+    out = job.out / "deploy"
+    rows = []
+    with job.stage_run("deploy", None) as parent:
+        job.log_config()
+        job.tracker.log_params({"deploy.budgets": ", ".join(map(str, sweep)),
+                                "deploy.model_name": name})
+        for i, b in enumerate(sweep, 1):
+            say(f"deploy {i}/{len(sweep)}: {b}")
+            label = budget_label(b)
+            result = export_stage(job, checkpoint, front, parent_id=parent, pick="best",
+                                  budgets=[*fixed, b], directory=out / label,
+                                  register=(name, label, {"raynas.budget": str(b)}))
+            rows.append(_row(job, b, label, result))
+        _write_tables(rows, out)
+        job.tracker.log_artifact(out / "deploy.parquet")
+        job.tracker.log_artifact(out / "deploy.md")
+    say(f"deploy: {len(rows)} subnets -> {out}; summary {out / 'deploy.md'}")
+    return rows
+
+
+def _row(job: Job, budget: Constraint, label: str, result: dict[str, Any]) -> dict[str, Any]:
+    record = result["record"]
+    metrics = [m.name for m in job.task.metrics]
+    return {"budget": str(budget), "folder": label, "arch_key": result["arch_key"],
+            "arch": job.space.validate(record["arch"]).to_json(),
+            **{f"val_{m}": record[m] for m in metrics},
+            **{f"test_{m}": record[f"test_{m}"] for m in metrics},
+            "latency_ms_at_search": float(result["chosen"]["latency_ms"]),
+            "latency_ms": record["latency_ms"], "latency_measured_ms":
+            record["latency_measured_ms"], "latency_target": record["latency_target"],
+            "flops": record["flops"], "params": record["params"],
+            "model_version": record.get("model_version")}
+
+
+def _write_tables(rows: list[dict[str, Any]], out: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "deploy.parquet")
+    cols = [c for c in rows[0] if c not in ("arch", "folder")]
+
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
+    (out / "deploy.md").write_text("\n".join(lines) + "\n")
