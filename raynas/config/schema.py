@@ -159,6 +159,17 @@ class EvaluatorConfig(_Section):
         "every subnet on the whole set)")
 
 
+class TargetConfig(_Section):
+    """One more device every subnet is timed on (``latency.targets``), for its own front."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="device name; its latency "
+                      "is the record's latency_ms/<name> column")
+    resource: str | None = Field(None, description="custom Ray resource of the node(s) that "
+                                 "carry it (None: timed where the evaluator runs)")
+    threads: int | None = Field(None, ge=1, description="(None: latency.threads)")
+    batch_size: int | None = Field(None, ge=1, description="(None: latency.batch_size)")
+
+
 class LatencyConfig(_Section):
     model: Literal["measured", "lut", "predictor", "flops"] = Field(
         "measured", description="where a subnet's latency comes from: timed on the target, "
@@ -185,6 +196,20 @@ class LatencyConfig(_Section):
         "'measured', to check its error during search")
     drift_bound: float = Field(0.15, gt=0, description="mean relative error that warns")
     drift_window: int = Field(20, ge=2, description="recent checked subnets the error averages")
+    targets: list[TargetConfig] = Field(
+        default_factory=list, description="more devices every subnet is also timed on "
+        "(latency_ms/<name>); the search reports one Pareto front per device, the job's "
+        "target first")
+
+    @field_validator("targets")
+    @classmethod
+    def _distinct(cls, v: list[TargetConfig], info: ValidationInfo) -> list[TargetConfig]:
+        names = [t.name for t in v] + [info.data.get("target")]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"target {twice[0]!r} is named twice (latency.target and "
+                             "latency.targets name distinct devices)")
+        return v
 
 
 class ObjectiveConfig(_Section):

@@ -28,6 +28,8 @@ from raynas.evaluation.halving import Halving, estimate
 from raynas.export import extract
 from raynas.latency import MeasuredLatency, count_flops, count_params
 from raynas.latency.models import LatencyModel, build_latency_model, build_measured
+from raynas.latency.targets import column as target_column
+from raynas.latency.targets import target_configs
 from raynas.nn import recalibrate_batchnorm
 from raynas.space import Arch, SearchSpace
 from raynas.supernets import create_supernet
@@ -92,6 +94,10 @@ class Evaluator:
         self.measured = (self.latency if self.latency.kind == "measured"
                          else build_measured(lat, self.space, self.meter))
         self.drift_share = lat.drift_share if self.latency.kind != "measured" else 0.0
+        # latency.targets: more devices every subnet is timed on (latency_ms/<name>).
+        self.targets = [(t.target, build_measured(t, self.space, MeasuredLatency(
+            t.target, t.batch_size, t.threads, t.min_run_time_s, device=t.device)))
+            for t in target_configs(lat)]
         ex = self.task.example_inputs(1)
         self._flops_inputs = tuple(ex[k] for k in self.task.input_names)
         self._cache: dict[str, dict[str, Any]] = {r["arch_key"]: dict(r) for r in known}
@@ -196,6 +202,10 @@ class Evaluator:
         }
         if self.latency.node is not None:
             record["latency_node"] = self.latency.node
+        for name, model in self.targets:
+            record[target_column(name)] = model.latency_ms(arch, cpu)
+            if model.node is not None:
+                record[f"latency_node/{name}"] = model.node
         if measure or _drift_pick(arch, self.drift_share):
             # Also timed here, so the predicted value can be checked against the truth.
             record["latency_measured_ms"] = (

@@ -118,6 +118,11 @@ class Job:
             from raynas.latency.remote import meter_request
 
             out.append(meter_request(self.cfg.latency))
+        if "search" in stages:
+            from raynas.latency.remote import meter_request
+            from raynas.latency.targets import target_configs
+
+            out += [meter_request(t) for t in target_configs(self.cfg.latency) if t.resource]
         return out
 
     @property

@@ -144,6 +144,7 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
         plot_pareto(records, front, job.out / "pareto.png",
                     title=f"{cfg.name}: {space.name} ({s.searcher})",
                     latency_budget_ms=s.latency_budget_ms, metric=job.objectives[0].name)
+        devices = _device_fronts(job, records) if cfg.latency.targets else None
         reference = default_reference(job.objectives, records, job.constraints)
         unique = len({r["arch_key"] for r in records})
         metrics = {
@@ -174,14 +175,37 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
         summary = {**metrics, "hypervolume_reference": reference,
                    "objectives": [[o.name, o.direction] for o in job.objectives],
                    "latency_budget_ms": s.latency_budget_ms,
-                   "constraints": [str(c) for c in job.constraints], "searcher": s.searcher}
+                   "constraints": [str(c) for c in job.constraints], "searcher": s.searcher,
+                   **({"devices": devices} if devices else {})}
         (job.out / "search.json").write_text(json.dumps(summary, indent=2))
         for name in ("evaluations.parquet", "pareto.parquet", "pareto.png", "search.json"):
             tracker.log_artifact(job.out / name)
+        for name in (devices or {}):
+            tracker.log_artifact(job.out / f"pareto_{name}.parquet", "devices")
+        if devices:
+            tracker.log_artifact(job.out / "pareto_devices.png")
         job.save_state("search", status="finished")
         say(f"search: {len(records)} subnets ({unique} unique) in {outcome.wall_s:.1f} s"
             f"{halved}, Pareto front {len(front)} points -> {pareto_path}")
     return SearchSummary(records, front, pareto_path, run_id)
+
+
+def _device_fronts(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """``latency.targets``: one front per device, written as ``pareto_<device>.parquet`` and
+    drawn side by side in ``pareto_devices.png``; returns their summary for search.json."""
+    from raynas.latency import targets
+    from raynas.search.results import write_records
+
+    fronts = targets.device_fronts(records, job.objectives, job.constraints, job.cfg.latency)
+    for name, front in fronts.items():
+        write_records(job.out / f"pareto_{name}.parquet", front, job.space)
+    targets.plot_device_fronts(records, fronts, job.objectives[0].name,
+                               job.out / "pareto_devices.png",
+                               f"{job.cfg.name}: Pareto front per device")
+    out = targets.summary(fronts)
+    say("devices: " + "; ".join(f"{n} front {d['front_size']} points, {d['on_first_front']} "
+                                f"on {next(iter(fronts))}'s" for n, d in out.items()))
+    return out
 
 
 def log_missing(tracker: Tracker, rows: list[tuple[int, dict[str, float]]]) -> int:

@@ -9,6 +9,7 @@ cluster, or a submitted job) and every check reads what the MLflow server record
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -266,6 +267,46 @@ def test_killed_evaluator_restarts_and_every_subnet_is_evaluated_once(
     assert run.info.status == "FINISHED"
     assert run.data.metrics["evaluated"] == 64 and run.data.metrics["unique_subnets"] == 64
     assert _steps(client, run.info.run_id, "subnet_accuracy") == list(range(64))
+
+
+def test_every_subnet_is_timed_on_two_target_nodes_with_a_front_per_device(
+        cluster, mlflow_server, client, killed_training, tmp_path):
+    """latency.targets: a second device on its own node. Each subnet's latency on each
+    device comes from the node carrying that device's resource, and each device's front is
+    the front under its own latency."""
+    from raynas.search.pareto import pareto_mask
+
+    edge = "target:edge"
+    cluster.add_node("edge", num_cpus=0, resources={edge: 1})
+    out, log = tmp_path / "out", tmp_path / "search.log"
+    proc = _raynas(cluster, mlflow_server,
+                   ["search", SMOKE, "--checkpoint", str(killed_training["out"] / "checkpoint"),
+                    "search.budget=16", "search.subnets_per_trial=8", "latency.target=bench",
+                    f"latency.resource={TARGET}", "tracking.experiment=devices",
+                    f"latency.targets=[{{name: edge, resource: '{edge}'}}]",
+                    "--output-dir", str(out)], log)
+    try:
+        _finish(proc, log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        nodes = dict(cluster.node_ids)
+        cluster.remove_node("edge")
+    rows = _rows(out / "evaluations.parquet")
+    assert len(rows) == 16
+    assert {r["latency_node"] for r in rows} == {nodes["bench"]}
+    assert {r["latency_node/edge"] for r in rows} == {nodes["edge"]}
+    for device, column in (("bench", "latency_ms"), ("edge", "latency_ms/edge")):
+        front = _rows(out / f"pareto_{device}.parquet")
+        losses = [[-r["accuracy"], r[column]] for r in rows]
+        assert {r["arch_key"] for r in front} == {
+            r["arch_key"] for r, keep in zip(rows, pareto_mask(losses)) if keep}
+    devices = json.loads((out / "search.json").read_text())["devices"]
+    assert list(devices) == ["bench", "edge"]
+    (run,) = _runs(client, "devices", "search")
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "devices")} == {
+        "devices/pareto_bench.parquet", "devices/pareto_edge.parquet"}
+    assert "pareto_devices.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_driver_lost_between_parquet_and_mlflow_resumes_in_the_same_runs(

@@ -207,3 +207,58 @@ def test_a_local_measurement_records_where_it_ran(tmp_path, tiny_space, tiny_che
     assert record["latency_model"] == "measured"
     assert record["latency_node"] == socket.gethostname()
     torch.set_num_threads(1)
+
+
+def test_device_fronts_swap_in_each_devices_latency():
+    """latency.targets: a device's front is the front under its own latency column, with the
+    latency budget applied to it; the job's target comes first."""
+    from raynas.config import LatencyConfig
+    from raynas.latency.targets import device_fronts, device_objectives, summary
+    from raynas.search.searchers import Constraint, Objective
+
+    lat = LatencyConfig(target="cpu", targets=[{"name": "edge", "resource": "target:edge"}])
+    # (accuracy, latency on cpu, latency on edge): on the edge device "b" is slow and "c"
+    # fast, the other way round from the cpu.
+    records = [{"arch_key": k, "accuracy": a, "latency_ms": t, "latency_ms/edge": e}
+               for k, a, t, e in [("a", 0.5, 1.0, 1.0), ("b", 0.7, 1.5, 4.0),
+                                  ("c", 0.8, 3.0, 2.0), ("d", 0.6, 2.0, 5.0)]]
+    objectives = [Objective("accuracy", "max"), Objective("latency_ms", "min")]
+    fronts = device_fronts(records, objectives, (), lat)
+    assert list(fronts) == ["cpu", "edge"]
+    assert [r["arch_key"] for r in fronts["cpu"]] == ["a", "b", "c"]
+    assert [r["arch_key"] for r in fronts["edge"]] == ["a", "c"]
+    assert summary(fronts)["edge"] == {"front_size": 2, "front": ["a", "c"],
+                                       "on_first_front": 2}
+    budget = device_fronts(records, objectives, [Constraint("latency_ms", 1.8)], lat)
+    assert [r["arch_key"] for r in budget["edge"]] == ["a"]  # c's 2.0 ms on edge is over
+    assert device_objectives([Objective("accuracy", "max")], "edge")[-1] == Objective(
+        "latency_ms/edge", "min")
+
+
+def test_latency_targets_settings():
+    from raynas.config import LatencyConfig
+    from raynas.latency.targets import target_configs
+
+    lat = LatencyConfig(target="cpu", threads=1, batch_size=1, model="flops",
+                        targets=[{"name": "t4", "threads": 4}, {"name": "b8", "batch_size": 8,
+                                                               "resource": "target:b8"}])
+    t4, b8 = target_configs(lat)
+    assert (t4.target, t4.threads, t4.batch_size, t4.model, t4.resource) == (
+        "t4", 4, 1, "measured", None)
+    assert (b8.threads, b8.batch_size, b8.resource) == (1, 8, "target:b8")
+    with pytest.raises(Exception, match="'cpu' is named twice"):
+        LatencyConfig(target="cpu", targets=[{"name": "cpu"}])
+    with pytest.raises(Exception, match="pattern"):
+        LatencyConfig(targets=[{"name": "a b"}])
+
+
+def test_evaluator_times_every_subnet_on_each_target(tiny_checkpoint, tiny_space):
+    """A local extra target (its own batch size) adds its latency column to every record;
+    timed on batch 256 against the job's batch 1 (6-12x the time here), it is the larger for
+    every subnet."""
+    ev = Evaluator(str(tiny_checkpoint), {"name": "digits"}, {
+        "min_run_time_s": 0.01, "targets": [{"name": "batch256", "batch_size": 256}]})
+    records = ev.evaluate([tiny_space.sample(i) for i in range(3)])
+    for r in records:
+        assert r["latency_ms/batch256"] > r["latency_ms"]
+        assert r["latency_node/batch256"] == r["latency_node"]
