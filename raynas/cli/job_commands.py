@@ -108,6 +108,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """``raynas export``: export one subnet (a Pareto point or a given arch)."""
     from raynas.checkpoint import load_checkpoint
+    from raynas.latency.targets import device_budgets, device_latency
     from raynas.pipeline import checkpoint_from_run, front_from_run
     from raynas.pipeline.deploy import parse_budgets
     from raynas.pipeline.export import within_budgets
@@ -116,11 +117,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from raynas.search.results import read_records
 
     job = _load_job(args)
-    budgets = [parse_constraint(b, "--budget", record_metrics(job.task)) for b in args.budget]
-    sweep = parse_budgets(args.budgets, record_metrics(job.task)) if args.budgets else []
+    known = record_metrics(job.task, job.cfg.latency)
+    budgets = [parse_constraint(b, "--budget", known) for b in args.budget]
+    sweep = parse_budgets(args.budgets, known) if args.budgets else []
     if args.arch and (budgets or sweep):
         raise ConfigError("--budget and --budgets pick among Pareto points; --arch names the "
                           "subnet itself: give one or the other")
+    targets = [t.strip() for t in args.targets.split(",")] if args.targets else []
+    if targets and not sweep:
+        raise ConfigError("--targets names the devices --budgets exports for; give --budgets")
+    for t in targets:
+        device_latency(job.cfg.latency, t)  # a device the job does not list: an error
     if sweep and args.pick is not None:
         raise ConfigError("--pick chooses one Pareto point; --budgets picks the best under "
                           "each budget: give one or the other")
@@ -147,19 +154,45 @@ def cmd_export(args: argparse.Namespace) -> int:
         front = front_from_run(job.tracker, args.from_run, tmp)
     else:
         raise ConfigError("export with --checkpoint needs --pareto FILE or --arch JSON")
-    for b in sweep or [None]:  # a budget no point meets: an error before any work
-        within_budgets(front, [*budgets, *([b] if b else [])])
+    fronts = {t: _device_front(job, t, front, args, tmp) for t in targets} or {None: front}
+    for target, points in fronts.items():  # a budget no point meets: an error before work
+        for b in sweep or [None]:
+            within_budgets(points, device_budgets([*budgets, *([b] if b else [])],
+                                                  job.cfg.latency, target))
     # Job.export opens its MLflow run and output directory before the evaluator reads the
     # checkpoint: a corrupt or foreign one must fail here, before anything is written.
     load_checkpoint(checkpoint, expected=job.space, weights=job.cfg.weights.model_dump())
     if sweep:
-        job.deploy(checkpoint, front, sweep, budgets, model_name=args.register)
-        print(f"[raynas] exported {len(sweep)} subnets to {job.out / 'deploy'}")
+        job.deploy(checkpoint, fronts, sweep, budgets, model_name=args.register)
+        print(f"[raynas] exported {len(sweep) * len(fronts)} subnets to "
+              f"{job.out / 'deploy'}")
         return 0
     result = job.export(checkpoint, front, pick=pick, budgets=budgets,
                         register=(args.register, None, {}) if args.register else None)
     print(f"[raynas] exported to {result['directory']}")
     return 0
+
+
+def _device_front(job, target: str, front: list[dict], args: argparse.Namespace,
+                  tmp: Path) -> list[dict]:
+    """The Pareto front on device ``target``: the search's own for the job's target, else
+    the ``pareto_<device>.parquet`` a search with ``latency.targets`` wrote (a run's
+    ``devices/`` artifact, or beside ``--pareto``)."""
+    from raynas.search.results import read_records
+
+    if target == job.cfg.latency.target:
+        return front
+    name = f"pareto_{target}.parquet"
+    if args.from_run and not args.pareto:
+        try:
+            return read_records(job.tracker.download_artifacts(args.from_run,
+                                                               f"devices/{name}", tmp))
+        except Exception:
+            pass
+    elif args.pareto and Path(args.pareto).with_name(name).is_file():
+        return read_records(Path(args.pareto).with_name(name))
+    raise ConfigError(f"--targets: the search has no front on {target!r} (no {name}); "
+                      f"search with latency.targets naming it")
 
 
 def _read_arch(text: str) -> dict:

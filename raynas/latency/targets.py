@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from raynas.config import LatencyConfig
+from raynas.errors import ConfigError
 from raynas.search.pareto import pareto_front
 from raynas.search.searchers import Constraint, Objective
 
@@ -32,6 +33,27 @@ def target_configs(lat: LatencyConfig) -> list[LatencyConfig]:
         "target": t.name, "resource": t.resource, "threads": t.threads or lat.threads,
         "batch_size": t.batch_size or lat.batch_size, "model": "measured", "table": None,
         "targets": []}) for t in lat.targets]
+
+
+def device_latency(lat: LatencyConfig, name: str | None) -> LatencyConfig | None:
+    """The measured-latency setting of device ``name``: None for the job's own target (or no
+    name), an error naming the devices for one the job does not list."""
+    if name is None or name == lat.target:
+        return None
+    for t in target_configs(lat):
+        if t.target == name:
+            return t
+    raise ConfigError(f"--targets: {name!r} is not a device of this job; choose from "
+                      + ", ".join([lat.target] + [t.name for t in lat.targets]))
+
+
+def device_budgets(budgets: Sequence[Constraint], lat: LatencyConfig,
+                   name: str | None) -> list[Constraint]:
+    """Budgets as they apply on device ``name``: a latency budget bounds its latency."""
+    if device_latency(lat, name) is None:
+        return list(budgets)
+    return [Constraint(column(name), b.limit) if b.metric == "latency_ms" else b
+            for b in budgets]
 
 
 def device_objectives(objectives: Sequence[Objective], name: str) -> list[Objective]:

@@ -2,21 +2,28 @@
 under each of several budgets, each exported and checked as a single export is, registered
 as a version of one MLflow registered model (aliased by budget), and summed up in one table.
 
-Outputs, under ``<output dir>/deploy/``: one folder per budget (``params_le_20000/``: the
-model files and its ``pareto.png`` with the chosen point starred), ``deploy.parquet`` and
-``deploy.md`` (budget, arch, validation and test metrics, latency at search and measured now,
-FLOPs, parameters, registered version). An MLflow parent run ``deploy`` holds one ``export``
-child run per budget and the two tables.
+With ``--targets`` (devices the search timed every subnet on, ``latency.targets``), the
+same for each device: the best subnet under each budget on that device's front (a latency
+budget bounds its latency), re-timed there.
+
+Outputs, under ``<output dir>/deploy/``: one folder per budget (``params_le_20000/``; with
+``--targets``, ``<device>/params_le_20000/``: the model files and its ``pareto.png`` with
+the chosen point starred), ``deploy.parquet`` and ``deploy.md`` (budget, device, arch,
+validation and test metrics, latency at search and measured now, FLOPs, parameters,
+registered version). An MLflow parent run ``deploy`` holds one ``export`` child run per
+budget and device, and the two tables. Registered versions are aliased by folder
+(``edge_latency_ms_le_0_5``) and tagged ``raynas.budget`` and ``raynas.target``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raynas.errors import ConfigError
+from raynas.latency.targets import device_budgets
 from raynas.pipeline.export import export_stage, within_budgets
 from raynas.pipeline.progress import say
 from raynas.search.searchers import Constraint
@@ -49,27 +56,37 @@ def budget_label(budget: Constraint) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"{budget.metric}_le_{str(budget).split('<=')[1]}")
 
 
-def deploy_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
+def deploy_stage(job: Job, checkpoint: str | Path, fronts: Mapping[str | None, list[dict]],
                  sweep: Sequence[Constraint], fixed: Sequence[Constraint] = (),
                  model_name: str | None = None) -> list[dict[str, Any]]:
-    """One export per budget of ``sweep`` (each together with every budget of ``fixed``);
-    returns the summary rows. Every budget is checked against the front before any work."""
-    for b in sweep:  # a budget no Pareto point meets: an error naming it, nothing written
-        within_budgets(front, [*fixed, b])
+    """One export per budget of ``sweep`` (each together with every budget of ``fixed``) and
+    per device: ``fronts`` maps each device of ``--targets`` to its Pareto front (None: no
+    --targets, the job's own target). Returns the summary rows. Every budget is checked
+    against every front before any work."""
+    lat = job.cfg.latency
+    plan = []
+    for target, front in fronts.items():
+        for b in sweep:
+            budgets = device_budgets([*fixed, b], lat, target)
+            within_budgets(front, budgets)  # none meets it: an error naming it, nothing written
+            label = budget_label(b)
+            plan.append((target, front, b, budgets,
+                         label if target is None else f"{target}/{label}"))
     name = model_name or job.cfg.name
     out = job.out / "deploy"
     rows = []
     with job.stage_run("deploy", None) as parent:
         job.log_config()
         job.tracker.log_params({"deploy.budgets": ", ".join(map(str, sweep)),
-                                "deploy.model_name": name})
-        for i, b in enumerate(sweep, 1):
-            say(f"deploy {i}/{len(sweep)}: {b}")
-            label = budget_label(b)
+                                "deploy.model_name": name, "deploy.targets": ", ".join(
+                                    t or lat.target for t in fronts)})
+        for i, (target, front, b, budgets, folder) in enumerate(plan, 1):
+            say(f"deploy {i}/{len(plan)}: {b}" + (f" on {target}" if target else ""))
+            tags = {"raynas.budget": str(b), "raynas.target": target or lat.target}
             result = export_stage(job, checkpoint, front, parent_id=parent, pick="best",
-                                  budgets=[*fixed, b], directory=out / label,
-                                  register=(name, label, {"raynas.budget": str(b)}))
-            rows.append(_row(job, b, label, result))
+                                  budgets=budgets, directory=out / folder, target=target,
+                                  register=(name, folder.replace("/", "_"), tags))
+            rows.append(_row(job, b, target or lat.target, folder, result))
         _write_tables(rows, out)
         job.tracker.log_artifact(out / "deploy.parquet")
         job.tracker.log_artifact(out / "deploy.md")
@@ -77,16 +94,19 @@ def deploy_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
     return rows
 
 
-def _row(job: Job, budget: Constraint, label: str, result: dict[str, Any]) -> dict[str, Any]:
+def _row(job: Job, budget: Constraint, target: str, folder: str,
+         result: dict[str, Any]) -> dict[str, Any]:
     record = result["record"]
     metrics = [m.name for m in job.task.metrics]
-    return {"budget": str(budget), "folder": label, "arch_key": result["arch_key"],
+    return {"budget": str(budget), "target": target, "folder": folder,
+            "arch_key": result["arch_key"],
             "arch": job.space.validate(record["arch"]).to_json(),
             **{f"val_{m}": record[m] for m in metrics},
             **{f"test_{m}": record[f"test_{m}"] for m in metrics},
             "latency_ms_at_search": float(result["chosen"]["latency_ms"]),
             "latency_ms": record["latency_ms"], "latency_measured_ms":
             record["latency_measured_ms"], "latency_target": record["latency_target"],
+            "latency_node": record.get("latency_node"),
             "flops": record["flops"], "params": record["params"],
             "model_version": record.get("model_version")}
 
@@ -97,7 +117,7 @@ def _write_tables(rows: list[dict[str, Any]], out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), out / "deploy.parquet")
-    cols = [c for c in rows[0] if c not in ("arch", "folder")]
+    cols = [c for c in rows[0] if c not in ("arch", "folder", "latency_node")]
 
     def cell(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))

@@ -22,8 +22,8 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
                  parent_id: str | None = None, pick: str | int | None = None,
                  records: list[dict[str, Any]] | None = None,
                  budgets: Sequence[Constraint] = (), directory: Path | None = None,
-                 register: tuple[str, str | None, dict[str, str]] | None = None
-                 ) -> dict[str, Any]:
+                 register: tuple[str, str | None, dict[str, str]] | None = None,
+                 target: str | None = None) -> dict[str, Any]:
     """Export the chosen Pareto point as a static model; check it against the supernet.
 
     ``records`` (every evaluated subnet, when at hand) keeps them in the replotted
@@ -31,25 +31,34 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
     meeting every one are candidates (see ``choose``). ``directory``: where the model and
     the plot go (default: ``subnet/`` and ``pareto.png`` in the job's output folder).
     ``register`` (name, alias, tags): the TorchScript model also becomes a version of that
-    registered model in MLflow's model registry.
+    registered model in MLflow's model registry. ``target``: a device of ``latency.targets``
+    the subnet is re-timed on (``front`` is then that device's, its latency in
+    ``latency_ms/<device>``); default the job's own target.
     """
     import torch
 
     from raynas.evaluation.actor import evaluator_args
     from raynas.evaluation.evaluator import Evaluator
     from raynas.export.serialize import export_metadata, export_subnet
+    from raynas.latency.targets import column, device_latency
     from raynas.search.plot import plot_pareto
 
     cfg, space = job.cfg, job.space
     chosen = choose(front, cfg.export.pick if pick is None else pick, job.objectives, budgets)
     arch = space.validate(chosen["arch"])
+    device = device_latency(cfg.latency, target)
+    searched_ms = chosen[column(target) if device else "latency_ms"]
     with job.stage_run("export", parent_id):
         if parent_id is None:
             job.log_config()
         tracker = job.tracker
         # Re-measured on the target (in the meter actor there, with latency.resource).
-        with job.ray("export") if cfg.latency.resource else contextlib.nullcontext():
-            evaluator = Evaluator(**evaluator_args(cfg, checkpoint, space))
+        args = evaluator_args(cfg, checkpoint, space)
+        if device is not None:
+            args["latency"] = device.model_dump()
+        with job.ray("export") if (device or cfg.latency).resource \
+                else contextlib.nullcontext():
+            evaluator = Evaluator(**args)
             static = evaluator.prepare(arch)
             record = evaluator.score(arch, static, measure=True)
         example = evaluator.example_batch(256)
@@ -62,7 +71,7 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
         tracker.log_metrics({
             **{f"test_{k}": record[f"test_{k}"] for k in metric_names},
             **{f"val_{k}": record[k] for k in metric_names},
-            "latency_ms": record["latency_ms"], "latency_ms_at_search": chosen["latency_ms"],
+            "latency_ms": record["latency_ms"], "latency_ms_at_search": searched_ms,
             "latency_ms_measured": record["latency_measured_ms"],
             "flops": record["flops"], "params": record["params"],
             **{f"max_abs_diff_{k}": v for k, v in result.checks.items()},
@@ -79,7 +88,14 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
             if register and uri:
                 record["model_version"] = tracker.register_model(uri, *register)
         plot = (directory or job.out) / "pareto.png"
-        plot_pareto(records or front, front, plot,
+        drawn = records or front
+        if device is not None:  # that device's latency on the x axis
+            def on(rows):
+                return [{**r, "latency_ms": r[column(target)], "latency_target": target}
+                        for r in rows]
+
+            drawn, front, chosen = on(drawn), on(front), on([chosen])[0]
+        plot_pareto(drawn, front, plot,
                     title=f"{cfg.name}: exported subnet"
                     + (f" ({', '.join(map(str, budgets))})" if budgets else ""), chosen=chosen,
                     latency_budget_ms=cfg.search.latency_budget_ms,

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import yaml
 
-from raynas.config import JobConfig, resolve_path
+from raynas.config import JobConfig, LatencyConfig, resolve_path
 from raynas.errors import ConfigError
 from raynas.pipeline.export import export_stage
 from raynas.pipeline.fidelity import check_gate, fidelity_stage, pick_fidelity_subnets
@@ -293,13 +293,13 @@ class Job:
         return export_stage(self, checkpoint, front, parent_id, pick, records, budgets,
                             register=register)
 
-    def deploy(self, checkpoint: str | Path, front: list[dict[str, Any]],
+    def deploy(self, checkpoint: str | Path, fronts: dict[str | None, list[dict[str, Any]]],
                sweep: Sequence[Constraint], fixed: Sequence[Constraint] = (),
                model_name: str | None = None) -> list[dict[str, Any]]:
-        """One export per budget; see :func:`raynas.pipeline.deploy.deploy_stage`."""
+        """One export per budget and device; see :func:`raynas.pipeline.deploy.deploy_stage`."""
         from raynas.pipeline.deploy import deploy_stage
 
-        return deploy_stage(self, checkpoint, front, sweep, fixed, model_name)
+        return deploy_stage(self, checkpoint, fronts, sweep, fixed, model_name)
 
     def profile_latency(self, n: int, out: str | Path | None = None,
                         lut: str | Path | None = None) -> dict[str, Any]:
@@ -316,10 +316,13 @@ def default_objectives(task: Task) -> tuple[Objective, ...]:
     return (Objective(task.primary.name, task.primary.goal), Objective("latency_ms", "min"))
 
 
-def record_metrics(task: Task) -> dict[str, str]:
+def record_metrics(task: Task, latency: LatencyConfig | None = None) -> dict[str, str]:
     """Metric -> goal for everything a subnet's record holds: the task's metrics, latency,
-    FLOPs and parameters."""
-    return {m.name: m.goal for m in task.metrics} | SUBNET_FIELDS
+    FLOPs and parameters (and each device's latency, ``latency_ms/<name>``)."""
+    from raynas.latency.targets import column
+
+    devices = {column(t.name): "min" for t in (latency.targets if latency else ())}
+    return {m.name: m.goal for m in task.metrics} | SUBNET_FIELDS | devices
 
 
 def search_constraints(cfg: JobConfig, task: Task) -> tuple[Constraint, ...]:
@@ -329,7 +332,7 @@ def search_constraints(cfg: JobConfig, task: Task) -> tuple[Constraint, ...]:
 
     budget = cfg.search.latency_budget_ms
     out = [Constraint("latency_ms", budget)] if budget else []
-    known = record_metrics(task)
+    known = record_metrics(task, cfg.latency)
     out += [parse_constraint(text, f"search.constraints[{i}]", known)
             for i, text in enumerate(cfg.search.constraints)]
     return tuple(out)
@@ -341,7 +344,7 @@ def search_objectives(cfg: JobConfig, task: Task) -> tuple[Objective, ...]:
     latency."""
     if cfg.search.objectives is None:
         return default_objectives(task)
-    known = record_metrics(task)
+    known = record_metrics(task, cfg.latency)
     out = []
     for i, o in enumerate(cfg.search.objectives):
         if o.name not in known:

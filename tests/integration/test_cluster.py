@@ -269,11 +269,13 @@ def test_killed_evaluator_restarts_and_every_subnet_is_evaluated_once(
     assert _steps(client, run.info.run_id, "subnet_accuracy") == list(range(64))
 
 
-def test_every_subnet_is_timed_on_two_target_nodes_with_a_front_per_device(
+def test_every_subnet_is_timed_on_two_target_nodes_with_a_front_and_models_per_device(
         cluster, mlflow_server, client, killed_training, tmp_path):
     """latency.targets: a second device on its own node. Each subnet's latency on each
     device comes from the node carrying that device's resource, and each device's front is
-    the front under its own latency."""
+    the front under its own latency. ``export --budgets --targets`` then delivers the best
+    subnet of each device's front under each budget, re-timed on that device's node and
+    registered under one model name."""
     from raynas.search.pareto import pareto_mask
 
     edge = "target:edge"
@@ -287,11 +289,41 @@ def test_every_subnet_is_timed_on_two_target_nodes_with_a_front_per_device(
                     "--output-dir", str(out)], log)
     try:
         _finish(proc, log)
+        (run,) = _runs(client, "devices", "search")
+        # Deploy many, 3 parameter budgets x 2 devices, each re-timed on its device's node.
+        # The lowest limit is met on both fronts; the highest by every subnet.
+        low = max(min(r["params"] for r in _rows(out / f"pareto_{d}.parquet"))
+                  for d in ("bench", "edge"))
+        high = max(r["params"] for r in _rows(out / "evaluations.parquet"))
+        limits = sorted({low, (low + high) // 2, high})
+        deploy_log = tmp_path / "deploy.log"
+        _finish(_raynas(cluster, mlflow_server, [
+            "export", SMOKE, "--from-run", run.info.run_id, "--targets", "bench,edge",
+            "--budgets", "params<=" + ",".join(map(str, limits)), "--register", "devices",
+            "latency.target=bench", f"latency.resource={TARGET}", "tracking.experiment=devices",
+            f"latency.targets=[{{name: edge, resource: '{edge}'}}]", "--output-dir",
+            str(tmp_path / "deploy")], deploy_log), deploy_log)
     finally:
         if proc.poll() is None:
             proc.kill()
         nodes = dict(cluster.node_ids)
         cluster.remove_node("edge")
+    deployed = _rows(tmp_path / "deploy" / "deploy" / "deploy.parquet")
+    assert [(r["target"], r["budget"]) for r in deployed] == [
+        (t, f"params<={n}") for t in ("bench", "edge") for n in limits]
+    versions = {int(v.version): v for v in client.search_model_versions("name='devices'")}
+    aliases = client.get_registered_model("devices").aliases
+    for row in deployed:
+        device, limit = row["target"], float(row["budget"].split("<=")[1])
+        front = _rows(out / f"pareto_{device}.parquet")
+        best = max((r for r in front if r["params"] <= limit),
+                   key=lambda r: (r["accuracy"], -r["latency_ms" if device == "bench"
+                                                    else "latency_ms/edge"]))
+        assert row["arch_key"] == best["arch_key"]
+        assert (row["latency_target"], row["latency_node"]) == (device, nodes[device])
+        version = versions[int(row["model_version"])]
+        assert version.tags["raynas.target"] == device
+        assert int(aliases[row["folder"].replace("/", "_")]) == int(row["model_version"])
     rows = _rows(out / "evaluations.parquet")
     assert len(rows) == 16
     assert {r["latency_node"] for r in rows} == {nodes["bench"]}
@@ -303,7 +335,6 @@ def test_every_subnet_is_timed_on_two_target_nodes_with_a_front_per_device(
             r["arch_key"] for r, keep in zip(rows, pareto_mask(losses)) if keep}
     devices = json.loads((out / "search.json").read_text())["devices"]
     assert list(devices) == ["bench", "edge"]
-    (run,) = _runs(client, "devices", "search")
     assert {a.path for a in client.list_artifacts(run.info.run_id, "devices")} == {
         "devices/pareto_bench.parquet", "devices/pareto_edge.parquet"}
     assert "pareto_devices.png" in {a.path for a in client.list_artifacts(run.info.run_id)}

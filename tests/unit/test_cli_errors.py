@@ -482,3 +482,20 @@ def test_compare_errors(cli, tmp_path, digits_space):
                           "search.json")
     rc, _, err = cli("compare", a, a, "--label", "only-one")
     assert_one_error_line(rc, err, "--label is given 1 times for 2 sources")
+
+
+def test_export_targets_errors(cli, quickstart_job, digits_checkpoint, pareto_file, no_work,
+                               tmp_path):
+    """--targets names devices of the job, goes with --budgets, and needs the search's front
+    on each device."""
+    args = ("export", quickstart_job, "--checkpoint", digits_checkpoint, "--pareto",
+            pareto_file, "--output-dir", tmp_path / "out")
+    rc, _, err = cli(*args, "--targets", "local-cpu")
+    assert_one_error_line(rc, err, "--targets", "give --budgets")
+    rc, _, err = cli(*args, "--budgets", "5", "--targets", "edge")
+    assert_one_error_line(rc, err, "'edge' is not a device of this job", "local-cpu")
+    rc, _, err = cli(*args, "--budgets", "5", "--targets", "local-cpu,edge",
+                     "latency.targets=[{name: edge}]")
+    assert_one_error_line(rc, err, "no front on 'edge' (no pareto_edge.parquet)",
+                          "latency.targets")
+    assert not (tmp_path / "out").exists()
