@@ -10,7 +10,8 @@ Outputs, under ``<output dir>/deploy/``: one folder per budget (``params_le_2000
 ``--targets``, ``<device>/params_le_20000/``: the model files and its ``pareto.png`` with
 the chosen point starred), ``deploy.parquet`` and ``deploy.md`` (budget, device, arch,
 validation and test metrics, latency at search and measured now, FLOPs, parameters,
-registered version). An MLflow parent run ``deploy`` holds one ``export`` child run per
+registered version), and ``report.html`` (that table and each export's front plot, in one
+file). An MLflow parent run ``deploy`` holds one ``export`` child run per
 budget and device, and the two tables. Registered versions are aliased by folder
 (``edge_latency_ms_le_0_5``) and tagged ``raynas.budget`` and ``raynas.target``.
 """
@@ -90,6 +91,7 @@ def deploy_stage(job: Job, checkpoint: str | Path, fronts: Mapping[str | None, l
         _write_tables(rows, out)
         job.tracker.log_artifact(out / "deploy.parquet")
         job.tracker.log_artifact(out / "deploy.md")
+        job.tracker.log_artifact(out / "report.html")
     say(f"deploy: {len(rows)} subnets -> {out}; summary {out / 'deploy.md'}")
     return rows
 
@@ -125,3 +127,19 @@ def _write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
     (out / "deploy.md").write_text("\n".join(lines) + "\n")
+    # The same table and each export's front plot, in one self-contained page.
+    import base64
+    import html
+
+    from raynas.search.report import table
+
+    parts = ["<h1>Deploy many</h1>", table(cols, [[r[c] for c in cols] for r in rows])]
+    for r in rows:
+        data = base64.b64encode((out / r["folder"] / "pareto.png").read_bytes()).decode()
+        parts.append(f"<h2>{html.escape(r['budget'])} on {html.escape(r['target'])}</h2>"
+                     f'<img alt="{html.escape(r["folder"])}" style="max-width:100%" '
+                     f'src="data:image/png;base64,{data}">')
+    (out / "report.html").write_text("<!doctype html><meta charset='utf-8'><title>deploy"
+                                     "</title><style>body{font-family:sans-serif}td,th{border:"
+                                     "1px solid #ccc;padding:2px 6px}</style>"
+                                     + "\n".join(parts) + "\n")

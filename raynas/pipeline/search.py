@@ -55,6 +55,7 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
     from raynas.evaluation.actor import create_evaluator_actor, stop_evaluator_actor
     from raynas.search.plot import plot_pareto
     from raynas.search.registry import create_searcher
+    from raynas.search.report import write_report
     from raynas.search.results import read_records, write_records
     from raynas.search.tune_driver import can_resume, run_search
 
@@ -178,7 +179,13 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
                    "constraints": [str(c) for c in job.constraints], "searcher": s.searcher,
                    **({"devices": devices} if devices else {})}
         (job.out / "search.json").write_text(json.dumps(summary, indent=2))
-        for name in ("evaluations.parquet", "pareto.parquet", "pareto.png", "search.json"):
+        write_report(job.out / "report.html", title=f"{cfg.name}: {space.name} ({s.searcher})",
+                     space=space, records=records, front=front, objectives=job.objectives,
+                     reference=reference, constraints=job.constraints, metrics=metrics,
+                     images=[job.out / "pareto.png"]
+                     + ([job.out / "pareto_devices.png"] if devices else []))
+        for name in ("evaluations.parquet", "pareto.parquet", "pareto.png", "search.json",
+                     "report.html"):
             tracker.log_artifact(job.out / name)
         for name in (devices or {}):
             tracker.log_artifact(job.out / f"pareto_{name}.parquet", "devices")

@@ -73,6 +73,12 @@ def test_run_tracks_everything_in_mlflow(smoke_run):
     assert search.data.metrics["evaluated"] == 32
     assert search.data.metrics["front_size"] >= 1
     assert search.data.metrics["hypervolume"] > 0
+    assert "report.html" in _artifacts(client, search.info.run_id)
+    report = (smoke_run["out"] / "report.html").read_text()
+    front_keys = [r["arch_key"] for r in pq.read_table(smoke_run["out"] / "pareto.parquet")
+                  .to_pylist()]
+    assert "What matters for accuracy" in report and all(k in report for k in front_keys)
+    assert report.count("data:image/png;base64,") == 3  # front, progress, importance
     assert {"pareto.parquet", "pareto.png", "evaluations.parquet"} <= _artifacts(
         client, search.info.run_id)
 
@@ -241,3 +247,6 @@ def test_deploy_many_exports_and_registers_one_model_per_budget(smoke_run, run_c
     assert torch.equal(served(x), local(x))
     md = (out / "deploy" / "deploy.md").read_text()
     assert all(f"params<={n}" in md for n in limits)
+    page = (out / "deploy" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and all(
+        r["arch_key"] in page for r in rows)
