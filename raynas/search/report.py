@@ -130,32 +130,37 @@ def table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
                       for r in rows) + "</table>")
 
 
-def _plot_progress(steps: Sequence[tuple[int, float]], path: Path) -> Path:
+def _figure(width: float, height: float):
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    ax.plot([n for n, _ in steps], [hv for _, hv in steps], "-", c="tab:green")
-    ax.set_xlabel("subnets evaluated")
-    ax.set_ylabel("hypervolume")
-    ax.set_title("search progress")
-    ax.grid(alpha=0.3)
+    return plt.subplots(figsize=(width, height), dpi=110)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
+def _plot_progress(steps: Sequence[tuple[int, float]], path: Path) -> Path:
+    fig, ax = _figure(6, 3.5)
+    ax.plot([n for n, _ in steps], [hv for _, hv in steps], "-", c="tab:green")
+    ax.set_xlabel("subnets evaluated")
+    ax.set_ylabel("hypervolume")
+    ax.set_title("search progress")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def _plot_importance(weights: Mapping[str, Mapping[str, float]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = sorted({k for w in weights.values() for k in w})
-    fig, ax = plt.subplots(figsize=(6.5, 0.3 * len(names) + 1.5), dpi=110)
+    fig, ax = _figure(6.5, 0.3 * len(names) + 1.5)
     height = 0.8 / max(len(weights), 1)
     for i, (objective, w) in enumerate(weights.items()):
         ax.barh([k + (i - (len(weights) - 1) / 2) * height for k in range(len(names))],
@@ -163,7 +168,4 @@ def _plot_importance(weights: Mapping[str, Mapping[str, float]], path: Path) -> 
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("importance (mean decrease in impurity)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
