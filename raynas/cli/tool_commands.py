@@ -11,12 +11,21 @@ from pathlib import Path
 from raynas.errors import ConfigError, RaynasError
 
 
-def cmd_latency_fit(args: argparse.Namespace) -> int:
-    """``raynas latency fit``: fit a latency predictor on a measured table."""
+def _tracker(uri: str | None = None, experiment: str | None = None):
+    """The MLflow store a tool command reads or writes: ``uri``, else MLFLOW_TRACKING_URI,
+    else sqlite:///mlruns.db in the working directory."""
     import os
 
+    from raynas import pipeline  # looked up there, where the tests replace it
     from raynas.config import DEFAULT_TRACKING_URI
-    from raynas.pipeline import MlflowTracker, fit_latency
+
+    return pipeline.MlflowTracker(uri or os.environ.get("MLFLOW_TRACKING_URI")
+                                  or DEFAULT_TRACKING_URI, experiment)
+
+
+def cmd_latency_fit(args: argparse.Namespace) -> int:
+    """``raynas latency fit``: fit a latency predictor on a measured table."""
+    from raynas.pipeline import fit_latency
     from raynas.space.registry import load_space
 
     if not 0 < args.holdout < 1:
@@ -26,8 +35,7 @@ def cmd_latency_fit(args: argparse.Namespace) -> int:
     if not Path(args.table).is_file():
         raise ConfigError(f"TABLE = {args.table!r}: file does not exist")
     space = load_space(args.space)
-    tracker = MlflowTracker(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
-                            args.experiment)
+    tracker = _tracker(experiment=args.experiment)
     fit_latency(args.table, space, tracker, kind=args.kind, out=args.out,
                 target=args.target, holdout=args.holdout, seed=args.seed)
     return 0
@@ -200,7 +208,6 @@ def cmd_spaces_show(args: argparse.Namespace) -> int:
 def _ticket_checkpoint(source: str, uri: str | None) -> Path:
     """SOURCE of ``ticket export``: a checkpoint directory (or its ``supernet.pt``), a job's
     output directory (its ``checkpoint/``), or an MLflow run id (its checkpoint)."""
-    import os
     import re
     import tempfile
 
@@ -217,11 +224,9 @@ def _ticket_checkpoint(source: str, uri: str | None) -> Path:
     if not re.fullmatch(r"[0-9a-f]{32}", source):
         raise ConfigError(f"SOURCE = {source!r}: neither an existing checkpoint or output "
                           "directory nor an MLflow run id")
-    from raynas.config import DEFAULT_TRACKING_URI
-    from raynas.pipeline import MlflowTracker, checkpoint_from_run
+    from raynas.pipeline import checkpoint_from_run
 
-    tracker = MlflowTracker(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
-    return checkpoint_from_run(tracker, source, Path(tempfile.mkdtemp()))
+    return checkpoint_from_run(_tracker(uri), source, Path(tempfile.mkdtemp()))
 
 
 def cmd_ticket_export(args: argparse.Namespace) -> int:
@@ -248,13 +253,10 @@ def cmd_ticket_export(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``raynas compare``: several searches' fronts in one plot and one table."""
-    import os
     import tempfile
 
     from raynas.search.compare import compare, load_source, write_outputs
 
-    if len(args.sources) < 1:
-        raise ConfigError("compare needs at least one SOURCE")
     labels = args.label or []
     if labels and len(labels) != len(args.sources):
         raise ConfigError(f"--label is given {len(labels)} times for {len(args.sources)} "
@@ -263,12 +265,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for i, source in enumerate(args.sources):
         path = Path(source)
         if not path.exists() and re.fullmatch(r"[0-9a-f]{32}", source):
-            if tracker is None:
-                from raynas.config import DEFAULT_TRACKING_URI
-                from raynas.pipeline import MlflowTracker
-
-                tracker = MlflowTracker(args.tracking_uri or os.environ.get(
-                    "MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+            tracker = tracker or _tracker(args.tracking_uri)
             path = Path(tempfile.mkdtemp())
             for name in ("evaluations.parquet", "pareto.parquet", "search.json"):
                 try:
@@ -276,7 +273,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 except Exception:
                     raise ConfigError(f"SOURCE = {source!r}: the run has no {name} artifact; "
                                       "give the run id of a search stage") from None
-            label = labels[i] if labels else f"{source[:8]}"
+            label = labels[i] if labels else source[:8]
         elif not path.is_dir():
             raise ConfigError(f"SOURCE = {source!r}: neither a search's output folder nor an "
                               "MLflow run id")

@@ -89,15 +89,11 @@ def plot_device_fronts(records: Sequence[Mapping[str, Any]],
     """One panel per device, side by side: every subnet (grey) against that device's latency,
     its front (red), and the first device's front archs (blue rings), to show where the
     best architecture moves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from raynas.search.plot import figure, save
 
     names = list(fronts)
     first = {r["arch_key"] for r in fronts[names[0]]}
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), dpi=110,
-                             sharey=True, squeeze=False)
+    fig, axes = figure(4.5 * len(names), 4, ncols=len(names), sharey=True, squeeze=False)
     for i, (ax, name) in enumerate(zip(axes[0], names)):
         x = "latency_ms" if i == 0 else column(name)
         rows = [r for r in records if x in r and metric in r]
@@ -115,7 +111,4 @@ def plot_device_fronts(records: Sequence[Mapping[str, Any]],
         ax.legend(fontsize=7, loc="lower right")
     axes[0][0].set_ylabel(f"validation {metric}")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)

@@ -18,6 +18,7 @@ budget and device, and the two tables. Registered versions are aliased by folder
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -119,27 +120,14 @@ def _write_tables(rows: list[dict[str, Any]], out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), out / "deploy.parquet")
+    from raynas.search.report import html_page, inline_png, markdown_table, table
+
     cols = [c for c in rows[0] if c not in ("arch", "folder", "latency_node")]
-
-    def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
-    (out / "deploy.md").write_text("\n".join(lines) + "\n")
+    cells = [[r[c] for c in cols] for r in rows]
+    (out / "deploy.md").write_text(markdown_table(cols, cells))
     # The same table and each export's front plot, in one self-contained page.
-    import base64
-    import html
-
-    from raynas.search.report import table
-
-    parts = ["<h1>Deploy many</h1>", table(cols, [[r[c] for c in cols] for r in rows])]
+    parts = ["<h1>Deploy many</h1>", table(cols, cells)]
     for r in rows:
-        data = base64.b64encode((out / r["folder"] / "pareto.png").read_bytes()).decode()
-        parts.append(f"<h2>{html.escape(r['budget'])} on {html.escape(r['target'])}</h2>"
-                     f'<img alt="{html.escape(r["folder"])}" style="max-width:100%" '
-                     f'src="data:image/png;base64,{data}">')
-    (out / "report.html").write_text("<!doctype html><meta charset='utf-8'><title>deploy"
-                                     "</title><style>body{font-family:sans-serif}td,th{border:"
-                                     "1px solid #ccc;padding:2px 6px}</style>"
-                                     + "\n".join(parts) + "\n")
+        parts += [f"<h2>{html.escape(r['budget'])} on {html.escape(r['target'])}</h2>",
+                  inline_png(out / r["folder"] / "pareto.png")]
+    (out / "report.html").write_text(html_page("deploy", parts))

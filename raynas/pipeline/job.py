@@ -114,14 +114,12 @@ class Job:
             from raynas.pipeline.fidelity import standalone_request
 
             out.append(standalone_request(self.cfg))
+        from raynas.latency.remote import meter_request
+        from raynas.latency.targets import target_configs
+
         if self.cfg.latency.resource and {"search", "export", "profile"} & set(stages):
-            from raynas.latency.remote import meter_request
-
             out.append(meter_request(self.cfg.latency))
-        if "search" in stages:
-            from raynas.latency.remote import meter_request
-            from raynas.latency.targets import target_configs
-
+        if "search" in stages:  # every subnet is timed on each of latency.targets too
             out += [meter_request(t) for t in target_configs(self.cfg.latency) if t.resource]
         return out
 

@@ -20,6 +20,8 @@ from typing import Any
 
 from raynas.errors import ConfigError
 from raynas.search.pareto import default_reference, hypervolume, pareto_front
+from raynas.search.plot import figure, save
+from raynas.search.report import markdown_table
 from raynas.search.searchers import Objective
 
 
@@ -78,10 +80,6 @@ def write_outputs(sources: Sequence[Source], objectives: Sequence[Objective],
                   reference: Sequence[float], rows: list[dict[str, Any]], out: Path) -> None:
     """``compare.png`` (every front, and faintly every evaluated subnet, in one colour per
     source), ``compare.md`` and ``compare.parquet``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -89,7 +87,7 @@ def write_outputs(sources: Sequence[Source], objectives: Sequence[Objective],
     pq.write_table(pa.Table.from_pylist(rows), out / "compare.parquet")
     (out / "compare.md").write_text(markdown(objectives, reference, rows))
     y, x = objectives[0].name, objectives[-1].name
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = figure()
     for i, (s, row) in enumerate(zip(sources, rows)):
         color = f"C{i % 10}"
         ax.scatter([r[x] for r in s.records], [r[y] for r in s.records], s=8, c=color,
@@ -108,20 +106,11 @@ def write_outputs(sources: Sequence[Source], objectives: Sequence[Objective],
     ax.set_title("Pareto fronts; hypervolume share of the pooled front")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "compare.png")
-    plt.close(fig)
+    save(fig, out / "compare.png")
 
 
 def markdown(objectives: Sequence[Objective], reference: Sequence[float],
              rows: list[dict[str, Any]]) -> str:
-    cols = list(rows[0])
-
-    def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["Objectives: " + ", ".join(f"{o.name} ({o.direction})" for o in objectives)
-             + "; reference point " + ", ".join(f"{v:.4g}" for v in reference) + ".", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return ("Objectives: " + ", ".join(f"{o.name} ({o.direction})" for o in objectives)
+            + "; reference point " + ", ".join(f"{v:.4g}" for v in reference) + ".\n\n"
+            + markdown_table(list(rows[0]), [list(r.values()) for r in rows]))

@@ -8,18 +8,33 @@ from pathlib import Path
 from typing import Any
 
 
+def figure(width: float = 7, height: float = 4.5, **kwargs):
+    """``(fig, ax)`` of a headless matplotlib figure (files only: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height), dpi=120, **kwargs)
+
+
+def save(fig, path: str | Path) -> Path:
+    """Lay out, write and close ``fig``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_pareto(records: Sequence[Mapping[str, Any]], front: Sequence[Mapping[str, Any]],
                 path: str | Path, *, title: str, latency_budget_ms: float | None = None,
                 chosen: Mapping[str, Any] | None = None, metric: str) -> Path:
     """Every evaluated subnet (grey), the front (red steps), the budget and the exported
     point, with ``metric`` on the y axis; records without it are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
     target = records[0].get("latency_target", "") if records else ""
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = figure()
     records = [r for r in records if metric in r]
     front = [r for r in front if metric in r]
     ax.scatter([r["latency_ms"] for r in records], [r[metric] for r in records],
@@ -39,7 +54,4 @@ def plot_pareto(records: Sequence[Mapping[str, Any]], front: Sequence[Mapping[st
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from raynas.search.pareto import hypervolume
+from raynas.search.plot import figure, save
 from raynas.search.searchers import Constraint, Objective
 from raynas.space import Choice, FloatRange, IntRange, PerLayer, SearchSpace
 
@@ -102,10 +103,7 @@ def write_report(path: Path, *, title: str, space: SearchSpace,
              + (("; budgets: " + ", ".join(map(str, constraints))) if constraints else "")
              + "; hypervolume reference point " + ", ".join(f"{v:.4g}" for v in reference)
              + ".</p>", table(["metric", "value"], [[k, v] for k, v in metrics.items()])]
-    for image in drawn:
-        data = base64.b64encode(Path(image).read_bytes()).decode()
-        parts.append(f'<p><img alt="{html.escape(Path(image).name)}" '
-                     f'src="data:image/png;base64,{data}" style="max-width:100%"></p>')
+    parts += [inline_png(image) for image in drawn]
     for name, w in weights.items():
         parts.append(f"<h2>What matters for {html.escape(name)}</h2>"
                      + table(["dimension", "importance"], [[k, v] for k, v in w.items()]))
@@ -113,54 +111,56 @@ def write_report(path: Path, *, title: str, space: SearchSpace,
                  + table([*cols, "arch"], [[*(r.get(c) for c in cols),
                                              space.validate(r["arch"]).to_json()]
                                             for r in front]))
-    Path(path).write_text("<!doctype html><meta charset='utf-8'><title>"
-                          + html.escape(title) + "</title><style>body{font-family:sans-serif;"
-                          "max-width:1000px;margin:auto}table{border-collapse:collapse}"
-                          "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}"
-                          "</style>" + "\n".join(parts) + "\n")
+    Path(path).write_text(html_page(title, parts))
     return {"progress": steps, "importance": weights}
 
 
+def _cell(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+
 def table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(v: Any) -> str:
-        return html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))
-
+    """An HTML table (floats to 4 significant digits)."""
     return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>"
-                      for r in rows) + "</table>")
+            + "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in r)
+                      + "</tr>" for r in rows) + "</table>")
 
 
-def _figure(width: float, height: float):
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(width, height), dpi=110)
+def markdown_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """The same table in Markdown."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+def html_page(title: str, parts: Sequence[str]) -> str:
+    """One self-contained page of HTML ``parts``."""
+    return ("<!doctype html><meta charset='utf-8'><title>" + html.escape(title)
+            + "</title><style>body{font-family:sans-serif;max-width:1000px;margin:auto}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;"
+            "font-size:13px}</style>" + "\n".join(parts) + "\n")
 
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+
+def inline_png(path: Path) -> str:
+    """An <img> carrying the PNG file itself."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return (f'<p><img alt="{html.escape(Path(path).name)}" '
+            f'src="data:image/png;base64,{data}" style="max-width:100%"></p>')
 
 
 def _plot_progress(steps: Sequence[tuple[int, float]], path: Path) -> Path:
-    fig, ax = _figure(6, 3.5)
+    fig, ax = figure(6, 3.5)
     ax.plot([n for n, _ in steps], [hv for _, hv in steps], "-", c="tab:green")
     ax.set_xlabel("subnets evaluated")
     ax.set_ylabel("hypervolume")
     ax.set_title("search progress")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _plot_importance(weights: Mapping[str, Mapping[str, float]], path: Path) -> Path:
     names = sorted({k for w in weights.values() for k in w})
-    fig, ax = _figure(6.5, 0.3 * len(names) + 1.5)
+    fig, ax = figure(6.5, 0.3 * len(names) + 1.5)
     height = 0.8 / max(len(weights), 1)
     for i, (objective, w) in enumerate(weights.items()):
         ax.barh([k + (i - (len(weights) - 1) / 2) * height for k in range(len(names))],
@@ -168,4 +168,4 @@ def _plot_importance(weights: Mapping[str, Mapping[str, float]], path: Path) -> 
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("importance (mean decrease in impurity)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
