@@ -52,7 +52,8 @@ def _footer(job: Any, run_id: str | None) -> None:
     uri = job.tracker.uri if hasattr(job.tracker, "uri") else None
     if uri:
         print(f"[raynas] MLflow run {run_id} in {uri}\n"
-              f"[raynas] browse: mlflow ui --backend-store-uri {uri}")
+              f"[raynas] browse: mlflow ui --backend-store-uri {uri}\n"
+              f"[raynas]   then open {job.tracker.runs_url()}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -45,6 +45,8 @@ from raynas.training.pruning import PRUNERS, check_prune_site
 from raynas.training.samplers import SAMPLERS
 
 STATE_FILE = "job-state.json"
+# The configuration the runs table shows beside each run's metrics (``Job.log_config``).
+HEADLINE_PARAMS = ("space", "search.searcher")
 
 
 class Job:
@@ -171,6 +173,23 @@ class Job:
         self.tracker.log_params({"space.fingerprint": self.space.fingerprint,
                                  "space.size": self.space.size()})
         self.tracker.log_artifact(path)
+        self.tracker.show_columns(self.headline_metrics, HEADLINE_PARAMS)
+
+    @property
+    def headline_metrics(self) -> list[str]:
+        """The metrics the runs table shows, in this order: what a job run (and its export)
+        logs of the exported subnet, and of its search."""
+        return [f"test_{self.task.metrics[0].name}", "latency_ms", "params", "hypervolume"]
+
+    def log_headline(self, record: dict[str, Any]) -> None:
+        """Log the exported subnet's metrics, and the search's, on the job's parent run, so
+        that the runs table's row of each job shows them without opening the job."""
+        found = self.out / "search.json"
+        search = json.loads(found.read_text()) if found.is_file() else {}
+        self.tracker.log_metrics({
+            **{f"test_{m.name}": record.get(f"test_{m.name}") for m in self.task.metrics},
+            "latency_ms": record.get("latency_ms"), "params": record.get("params"),
+            **{k: search.get(k) for k in ("hypervolume", "front_size", "evaluated")}})
 
     # ---- job state: what `raynas run --resume` continues ---------------------------------
     def _mark_interrupted(self, name: str) -> None:
@@ -263,6 +282,7 @@ class Job:
                 ray_up.close()  # the export runs here, Ray down
                 exported = self.export(checkpoint, summary.front, parent,
                                        records=summary.records)
+                self.log_headline(exported["record"])
                 self.tracker.log_metrics({"job_wall_s": time.perf_counter() - t0})
         self.save_state(status="finished")
         return {"parent_run_id": parent, "checkpoint": checkpoint, "front": summary.front,

@@ -80,6 +80,9 @@ class Tracker:
         """Add a logged model to the model registry under ``name``; return its version."""
         return None
 
+    def show_columns(self, metrics: Sequence[str], params: Sequence[str]) -> None:
+        """Show these metrics and parameters in the store's runs table (see ``ui``)."""
+
     def download_artifacts(self, run_id: str, path: str, dst: str | Path) -> Path:
         raise NotImplementedError("this tracker stores no artifacts")
 
@@ -124,7 +127,8 @@ class MlflowTracker(Tracker):
             # Artifacts beside the sqlite file, so the store is one self-contained folder.
             db = Path(self.uri[len("sqlite:///"):]).resolve()
             location = (db.parent / "mlartifacts").as_uri()
-        # Without this tag MLflow 3's UI opens the experiment on its GenAI views.
+        # The tag says what the experiment is; MLflow 3.17's UI opens it on the runs table
+        # only through the link ``ui.runs_url`` makes (the UI's mode is the browser's).
         return self.client.create_experiment(
             name, artifact_location=location,
             tags={EXPERIMENT_KIND_TAG: "custom_model_development"},
@@ -225,6 +229,20 @@ class MlflowTracker(Tracker):
         if alias:
             self.client.set_registered_model_alias(name, alias, version)
         return str(version)
+
+    def show_columns(self, metrics, params):
+        from raynas.tracking.ui import VIEW_TAG, view_tag_value
+
+        current = self.client.get_experiment(self.experiment_id).tags.get(VIEW_TAG)
+        value = view_tag_value(current, metrics, params)
+        if value is not None:
+            self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, value)
+
+    def runs_url(self, base: str = "http://127.0.0.1:5000") -> str:
+        """The link that opens ``mlflow ui`` on this experiment's runs table."""
+        from raynas.tracking.ui import runs_url
+
+        return runs_url(self.experiment_id, base)
 
     def download_artifacts(self, run_id, path, dst):
         Path(dst).mkdir(parents=True, exist_ok=True)

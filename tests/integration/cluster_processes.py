@@ -77,18 +77,21 @@ def wait_for(what: str, check, timeout: float, every: float = 0.5):
 
 
 class MlflowServer:
-    """``mlflow server`` on 127.0.0.1 with a sqlite store and proxied artifacts."""
+    """``mlflow server`` on 127.0.0.1 with a sqlite store and proxied artifacts; or, given
+    ``store``, ``mlflow ui`` on that store, as a user browses a local one."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, store: str | None = None):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         (self.port,) = free_ports(1)
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = open(root / "mlflow-server.log", "w")  # noqa: SIM115 (closed in stop)
+        where = (["ui", "--backend-store-uri", store] if store else
+                 ["server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                  "--artifacts-destination", str(root / "artifacts")])
         self.proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-             "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+            [str(BIN / "mlflow"), *where, "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1"],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=root,
             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
         wait_for("the MLflow server", self._healthy, 90)
