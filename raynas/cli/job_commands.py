@@ -125,8 +125,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError("--budget and --budgets pick among Pareto points; --arch names the "
                           "subnet itself: give one or the other")
     targets = [t.strip() for t in args.targets.split(",")] if args.targets else []
-    if targets and not sweep:
-        raise ConfigError("--targets names the devices --budgets exports for; give --budgets")
     for t in targets:
         device_latency(job.cfg.latency, t)  # a device the job does not list: an error
     if sweep and args.pick is not None:
@@ -163,9 +161,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     # Job.export opens its MLflow run and output directory before the evaluator reads the
     # checkpoint: a corrupt or foreign one must fail here, before anything is written.
     load_checkpoint(checkpoint, expected=job.space, weights=job.cfg.weights.model_dump())
-    if sweep:
-        job.deploy(checkpoint, fronts, sweep, budgets, model_name=args.register)
-        print(f"[raynas] exported {len(sweep) * len(fronts)} subnets to "
+    if sweep or targets:
+        job.deploy(checkpoint, fronts, sweep, budgets, model_name=args.register,
+                   pick="best" if pick is None else pick)
+        print(f"[raynas] exported {len(sweep or [None]) * len(fronts)} subnets to "
               f"{job.out / 'deploy'}")
         return 0
     result = job.export(checkpoint, front, pick=pick, budgets=budgets,

@@ -184,10 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "--budget), into deploy/<budget>/, each a version of one registered MLflow "
                    "model aliased by its budget, with a summary in deploy/deploy.md and "
                    "deploy.parquet; plain numbers are latency in ms (0.3,0.5,1.0)")
-    p.add_argument("--targets", metavar="DEVICE,DEVICE", help="with --budgets: export for "
-                   "each of these devices too (the job's latency.target and latency.targets "
-                   "names; the search must have timed subnets on them), from that device's "
-                   "front, a latency budget bounding its latency, re-timed there")
+    p.add_argument("--targets", metavar="DEVICE,DEVICE", help="export for each of these "
+                   "devices (the job's latency.target and latency.targets names; the search "
+                   "must have timed subnets on them), from that device's front, a latency "
+                   "budget bounding its latency, re-timed there: with --budgets, into "
+                   "deploy/<device>/<budget>/; without, the --pick within every --budget, "
+                   "into deploy/<device>/")
     p.add_argument("--register", metavar="NAME", help="register the exported model in "
                    "MLflow's model registry under NAME (with --budgets: default the job's name)")
     p.set_defaults(func=cmd_export)

@@ -225,12 +225,13 @@ class SearchConfig(_Section):
     latency_budget_ms: float | None = Field(None, gt=0)
     constraints: list[str] = Field(
         default_factory=list, description="budgets on any metric a subnet's record holds, "
-        "each METRIC<=LIMIT: params<=2e6, flops<=5e6, latency_ms<=0.5, or a task metric to "
-        "minimise (loss<=0.3); a subnet above one is infeasible, as above the latency budget")
+        "each METRIC<=LIMIT: params<=2e6, flops<=5e6, peak_memory_mb<=8, latency_ms<=0.5, "
+        "or a task metric to minimise (loss<=0.3); a subnet above one is infeasible, as "
+        "above the latency budget")
     objectives: list[ObjectiveConfig] | None = Field(
         None, description="what the search optimises: metrics of the task (e.g. accuracy, "
-        "loss), latency_ms, flops or params, each with a goal (max or min); default: the "
-        "task's primary metric and latency_ms")
+        "loss), latency_ms, flops, params or peak_memory_mb, each with a goal (max or min); "
+        "default: the task's primary metric and latency_ms")
     population_size: int = Field(32, ge=2, description="population of NSGA-II and evolution")
     options: dict[str, Any] = Field(
         default_factory=dict, description="searcher-specific settings, e.g. "

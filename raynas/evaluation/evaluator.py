@@ -27,6 +27,7 @@ from raynas.config import EvaluatorConfig, LatencyConfig
 from raynas.evaluation.halving import Halving, estimate
 from raynas.export import extract
 from raynas.latency import MeasuredLatency, count_flops, count_params
+from raynas.latency.memory import peak_memory_mb
 from raynas.latency.models import LatencyModel, build_latency_model, build_measured
 from raynas.latency.targets import column as target_column
 from raynas.latency.targets import target_configs
@@ -44,7 +45,8 @@ class Evaluator:
     ``evaluate`` returns one record per arch: ``arch_key``, ``arch`` (dict), every metric of
     the task on the validation split under its own name (``accuracy``, ``loss``...) and on the
     test split as ``test_<name>``, ``latency_ms`` with ``latency_target``, ``latency_model``,
-    ``flops``, ``params``, ``eval_device`` (where it was scored: cpu or cuda), ``eval_s`` and
+    ``flops``, ``params``, ``peak_memory_mb`` (one inference at the latency batch size,
+    ``raynas.latency.memory``), ``eval_device`` (where it was scored: cpu or cuda), ``eval_s`` and
     ``evaluated_at`` (unix time);
     ``latency_measured_ms`` too where the subnet was also timed to check a non-measured
     latency model, and ``latency_node`` wherever a latency was measured; with halving,
@@ -100,6 +102,8 @@ class Evaluator:
             for t in target_configs(lat)]
         ex = self.task.example_inputs(1)
         self._flops_inputs = tuple(ex[k] for k in self.task.input_names)
+        ex = self.task.example_inputs(lat.batch_size)  # memory: at the deployed batch size
+        self._memory_inputs = tuple(ex[k] for k in self.task.input_names)
         self._cache: dict[str, dict[str, Any]] = {r["arch_key"]: dict(r) for r in known}
         self.halving: Halving | None = None
         self.val_batches: list = []
@@ -190,14 +194,15 @@ class Evaluator:
         return {name: ratio for name, (ratio, _) in estimate(sums, end).items()}, share
 
     def _exact(self, arch: Arch, cpu: torch.nn.Module, measure: bool) -> dict[str, Any]:
-        """Latency, FLOPs and parameters of the static subnet (on the CPU; timing moves it
-        to the latency device itself)."""
+        """Latency, FLOPs, parameters and peak memory of the static subnet (on the CPU;
+        timing moves it to the latency device itself)."""
         record = {
             "latency_ms": self.latency.latency_ms(arch, cpu),
             "latency_target": self.latency.target,
             "latency_model": self.latency.kind,
             "flops": count_flops(cpu, self._flops_inputs),
             "params": count_params(cpu),
+            "peak_memory_mb": peak_memory_mb(cpu, self._memory_inputs),
             "eval_device": self.device.type,
         }
         if self.latency.node is not None:

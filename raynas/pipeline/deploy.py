@@ -4,7 +4,8 @@ as a version of one MLflow registered model (aliased by budget), and summed up i
 
 With ``--targets`` (devices the search timed every subnet on, ``latency.targets``), the
 same for each device: the best subnet under each budget on that device's front (a latency
-budget bounds its latency), re-timed there.
+budget bounds its latency), re-timed there. ``--targets`` without ``--budgets``: one export
+per device, the ``--pick`` of its front within every ``--budget``, into ``<device>/``.
 
 Outputs, under ``<output dir>/deploy/``: one folder per budget (``params_le_20000/``; with
 ``--targets``, ``<device>/params_le_20000/``: the model files and its ``pareto.png`` with
@@ -60,32 +61,35 @@ def budget_label(budget: Constraint) -> str:
 
 def deploy_stage(job: Job, checkpoint: str | Path, fronts: Mapping[str | None, list[dict]],
                  sweep: Sequence[Constraint], fixed: Sequence[Constraint] = (),
-                 model_name: str | None = None) -> list[dict[str, Any]]:
+                 model_name: str | None = None, pick: str | int = "best"
+                 ) -> list[dict[str, Any]]:
     """One export per budget of ``sweep`` (each together with every budget of ``fixed``) and
     per device: ``fronts`` maps each device of ``--targets`` to its Pareto front (None: no
-    --targets, the job's own target). Returns the summary rows. Every budget is checked
-    against every front before any work."""
+    --targets, the job's own target). An empty ``sweep``: one export per device, ``pick``
+    within ``fixed``. Returns the summary rows. Every budget is checked against every front
+    before any work."""
     lat = job.cfg.latency
     plan = []
     for target, front in fronts.items():
-        for b in sweep:
-            budgets = device_budgets([*fixed, b], lat, target)
+        for b in sweep or [None]:
+            budgets = device_budgets([*fixed, *([b] if b else [])], lat, target)
             within_budgets(front, budgets)  # none meets it: an error naming it, nothing written
-            label = budget_label(b)
-            plan.append((target, front, b, budgets,
-                         label if target is None else f"{target}/{label}"))
+            folder = "/".join(x for x in (target, b and budget_label(b)) if x)
+            plan.append((target, front, b, budgets, folder))
     name = model_name or job.cfg.name
     out = job.out / "deploy"
     rows = []
     with job.stage_run("deploy", None) as parent:
         job.log_config()
-        job.tracker.log_params({"deploy.budgets": ", ".join(map(str, sweep)),
+        job.tracker.log_params({"deploy.budgets": ", ".join(map(str, sweep or fixed)),
                                 "deploy.model_name": name, "deploy.targets": ", ".join(
                                     t or lat.target for t in fronts)})
         for i, (target, front, b, budgets, folder) in enumerate(plan, 1):
+            b = b or ", ".join(map(str, fixed)) or "none"
             say(f"deploy {i}/{len(plan)}: {b}" + (f" on {target}" if target else ""))
             tags = {"raynas.budget": str(b), "raynas.target": target or lat.target}
-            result = export_stage(job, checkpoint, front, parent_id=parent, pick="best",
+            result = export_stage(job, checkpoint, front, parent_id=parent,
+                                  pick="best" if sweep else pick,
                                   budgets=budgets, directory=out / folder, target=target,
                                   register=(name, folder.replace("/", "_"), tags))
             rows.append(_row(job, b, target or lat.target, folder, result))
@@ -97,7 +101,7 @@ def deploy_stage(job: Job, checkpoint: str | Path, fronts: Mapping[str | None, l
     return rows
 
 
-def _row(job: Job, budget: Constraint, target: str, folder: str,
+def _row(job: Job, budget: Constraint | str, target: str, folder: str,
          result: dict[str, Any]) -> dict[str, Any]:
     record = result["record"]
     metrics = [m.name for m in job.task.metrics]
@@ -111,6 +115,7 @@ def _row(job: Job, budget: Constraint, target: str, folder: str,
             record["latency_measured_ms"], "latency_target": record["latency_target"],
             "latency_node": record.get("latency_node"),
             "flops": record["flops"], "params": record["params"],
+            "peak_memory_mb": record["peak_memory_mb"],
             "model_version": record.get("model_version")}
 
 

@@ -74,6 +74,7 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
             "latency_ms": record["latency_ms"], "latency_ms_at_search": searched_ms,
             "latency_ms_measured": record["latency_measured_ms"],
             "flops": record["flops"], "params": record["params"],
+            "peak_memory_mb": record["peak_memory_mb"],
             **{f"max_abs_diff_{k}": v for k, v in result.checks.items()},
             **(result.sparsity or {}),
         })

@@ -313,11 +313,12 @@ class Job:
 
     def deploy(self, checkpoint: str | Path, fronts: dict[str | None, list[dict[str, Any]]],
                sweep: Sequence[Constraint], fixed: Sequence[Constraint] = (),
-               model_name: str | None = None) -> list[dict[str, Any]]:
+               model_name: str | None = None, pick: str | int = "best"
+               ) -> list[dict[str, Any]]:
         """One export per budget and device; see :func:`raynas.pipeline.deploy.deploy_stage`."""
         from raynas.pipeline.deploy import deploy_stage
 
-        return deploy_stage(self, checkpoint, fronts, sweep, fixed, model_name)
+        return deploy_stage(self, checkpoint, fronts, sweep, fixed, model_name, pick)
 
     def profile_latency(self, n: int, out: str | Path | None = None,
                         lut: str | Path | None = None) -> dict[str, Any]:
@@ -326,7 +327,7 @@ class Job:
 
 
 # Record fields every search can optimise besides the task's metrics.
-SUBNET_FIELDS = {"latency_ms": "min", "flops": "min", "params": "min"}
+SUBNET_FIELDS = {"latency_ms": "min", "flops": "min", "params": "min", "peak_memory_mb": "min"}
 
 
 def default_objectives(task: Task) -> tuple[Objective, ...]:
@@ -336,7 +337,7 @@ def default_objectives(task: Task) -> tuple[Objective, ...]:
 
 def record_metrics(task: Task, latency: LatencyConfig | None = None) -> dict[str, str]:
     """Metric -> goal for everything a subnet's record holds: the task's metrics, latency,
-    FLOPs and parameters (and each device's latency, ``latency_ms/<name>``)."""
+    FLOPs, parameters, peak memory (and each device's latency, ``latency_ms/<name>``)."""
     from raynas.latency.targets import column
 
     devices = {column(t.name): "min" for t in (latency.targets if latency else ())}

@@ -96,7 +96,7 @@ def write_report(path: Path, *, title: str, space: SearchSpace,
     if any(weights.values()):
         drawn.append(_plot_importance(weights, out / "report_importance.png"))
     cols = ["arch_key", *[o.name for o in objectives],
-            *[c for c in ("latency_ms", "flops", "params")
+            *[c for c in ("latency_ms", "flops", "params", "peak_memory_mb")
               if c not in {o.name for o in objectives}]]
     parts = [f"<h1>{html.escape(title)}</h1>",
              "<p>Objectives: " + ", ".join(f"{o.name} ({o.direction})" for o in objectives)

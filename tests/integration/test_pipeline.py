@@ -128,24 +128,31 @@ def test_stages_chain_by_run_id_and_respect_budgets(smoke_run, run_cli):
     evaluated = pq.read_table(smoke_run["out"] / "evaluations.parquet").to_pylist()
     budget = sorted(r["latency_ms"] for r in evaluated)[len(evaluated) // 2]
     flops = sorted(r["flops"] for r in evaluated)[len(evaluated) * 3 // 4]
+    memory = round(sorted(r["peak_memory_mb"] for r in evaluated)[len(evaluated) * 3 // 4], 4)
 
     out = smoke_run["cwd"] / "chain-out"
     proc = run_cli(["search", str(SMOKE), "--from-run", train.info.run_id, "--output-dir",
                    str(out), "search.searcher=optuna_tpe", f"search.latency_budget_ms={budget}",
-                   f"search.constraints=[flops<={flops}]"],
+                   f"search.constraints=[flops<={flops},peak_memory_mb<={memory}]"],
                   smoke_run["cwd"], smoke_run["uri"])
     front = pq.read_table(out / "pareto.parquet").to_pylist()
     assert front
-    assert all(r["latency_ms"] <= budget and r["flops"] <= flops for r in front)
+    def feasible(r):
+        return r["latency_ms"] <= budget and r["flops"] <= flops and \
+            r["peak_memory_mb"] <= memory
+
+    assert all(feasible(r) for r in front)
     # The front is exactly the non-dominated set of the subnets meeting both budgets.
     searched = pq.read_table(out / "evaluations.parquet").to_pylist()
-    feasible = [r for r in searched if r["latency_ms"] <= budget and r["flops"] <= flops]
-    losses = torch.tensor([[-r["accuracy"], r["latency_ms"]] for r in feasible]).numpy()
+    within = [r for r in searched if feasible(r)]
+    losses = torch.tensor([[-r["accuracy"], r["latency_ms"]] for r in within]).numpy()
     assert {r["arch_key"] for r in front} == {
-        r["arch_key"] for r, keep in zip(feasible, pareto_mask(losses)) if keep}
-    assert any(r["flops"] > flops for r in searched)  # the search met subnets above it
+        r["arch_key"] for r, keep in zip(within, pareto_mask(losses)) if keep}
+    # The search met subnets above each budget (each budget took some out).
+    assert any(r["flops"] > flops for r in searched)
+    assert any(r["peak_memory_mb"] > memory for r in searched)
     assert json.loads((out / "search.json").read_text())["constraints"] == [
-        f"latency_ms<={budget!r}", f"flops<={flops}"]
+        f"latency_ms<={budget!r}", f"flops<={flops}", f"peak_memory_mb<={memory!r}"]
     searches = [r for r in _runs(client, "smoke")["search"]
                 if r.data.tags.get("raynas.train_run_id") == train.info.run_id
                 and "mlflow.parentRunId" not in r.data.tags]  # the standalone stage

@@ -486,12 +486,11 @@ def test_compare_errors(cli, tmp_path, digits_space):
 
 def test_export_targets_errors(cli, quickstart_job, digits_checkpoint, pareto_file, no_work,
                                tmp_path):
-    """--targets names devices of the job, goes with --budgets, and needs the search's front
-    on each device."""
+    """--targets names devices of the job, and needs the search's front on each device."""
     args = ("export", quickstart_job, "--checkpoint", digits_checkpoint, "--pareto",
             pareto_file, "--output-dir", tmp_path / "out")
-    rc, _, err = cli(*args, "--targets", "local-cpu")
-    assert_one_error_line(rc, err, "--targets", "give --budgets")
+    rc, _, err = cli(*args, "--targets", "edge")
+    assert_one_error_line(rc, err, "'edge' is not a device of this job", "local-cpu")
     rc, _, err = cli(*args, "--budgets", "5", "--targets", "edge")
     assert_one_error_line(rc, err, "'edge' is not a device of this job", "local-cpu")
     rc, _, err = cli(*args, "--budgets", "5", "--targets", "local-cpu,edge",

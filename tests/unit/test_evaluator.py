@@ -9,11 +9,13 @@ from raynas.errors import ArchError, CheckpointError
 from raynas.evaluation import Evaluator
 from raynas.export import extract
 from raynas.latency import MeasuredLatency, count_flops, count_params
+from raynas.latency.memory import peak_memory_mb
 from raynas.space import Arch
 
 KEYS = {"arch_key", "arch", "accuracy", "test_accuracy", "loss", "test_loss", "latency_ms",
         "latency_target",
-        "latency_model", "latency_node", "flops", "params", "eval_device", "eval_s",
+        "latency_model", "latency_node", "flops", "params", "peak_memory_mb", "eval_device",
+        "eval_s",
         "evaluated_at"}
 
 
@@ -39,6 +41,7 @@ def test_records(evaluator, tiny_space):
         assert isinstance(rec["flops"], int) and isinstance(rec["params"], int)
     big, small = records[0], records[1]
     assert big["params"] > small["params"] and big["flops"] > small["flops"]
+    assert big["peak_memory_mb"] > small["peak_memory_mb"]
 
 
 def test_params_and_flops_match_extracted_model(evaluator, tiny_space):
@@ -47,6 +50,8 @@ def test_params_and_flops_match_extracted_model(evaluator, tiny_space):
     static = extract(evaluator.supernet, tiny_space, arch)
     assert rec["params"] == count_params(static)
     assert rec["flops"] == count_flops(static, torch.zeros(1, 1, 8, 8))
+    # Peak memory at the latency target's batch size (1 by default).
+    assert rec["peak_memory_mb"] == peak_memory_mb(static, (torch.zeros(1, 1, 8, 8),))
 
 
 def test_cache_hit(evaluator, tiny_space):
