@@ -85,14 +85,14 @@ def deploy_stage(job: Job, checkpoint: str | Path, fronts: Mapping[str | None, l
                                 "deploy.model_name": name, "deploy.targets": ", ".join(
                                     t or lat.target for t in fronts)})
         for i, (target, front, b, budgets, folder) in enumerate(plan, 1):
-            b = b or ", ".join(map(str, fixed)) or "none"
-            say(f"deploy {i}/{len(plan)}: {b}" + (f" on {target}" if target else ""))
-            tags = {"raynas.budget": str(b), "raynas.target": target or lat.target}
+            budget = str(b) if b else ", ".join(map(str, fixed)) or "none"  # the row's
+            say(f"deploy {i}/{len(plan)}: {budget}" + (f" on {target}" if target else ""))
+            tags = {"raynas.budget": budget, "raynas.target": target or lat.target}
             result = export_stage(job, checkpoint, front, parent_id=parent,
                                   pick="best" if sweep else pick,
                                   budgets=budgets, directory=out / folder, target=target,
                                   register=(name, folder.replace("/", "_"), tags))
-            rows.append(_row(job, b, target or lat.target, folder, result))
+            rows.append(_row(job, budget, target or lat.target, folder, result))
         _write_tables(rows, out)
         job.tracker.log_artifact(out / "deploy.parquet")
         job.tracker.log_artifact(out / "deploy.md")
@@ -101,11 +101,11 @@ def deploy_stage(job: Job, checkpoint: str | Path, fronts: Mapping[str | None, l
     return rows
 
 
-def _row(job: Job, budget: Constraint | str, target: str, folder: str,
+def _row(job: Job, budget: str, target: str, folder: str,
          result: dict[str, Any]) -> dict[str, Any]:
     record = result["record"]
     metrics = [m.name for m in job.task.metrics]
-    return {"budget": str(budget), "target": target, "folder": folder,
+    return {"budget": budget, "target": target, "folder": folder,
             "arch_key": result["arch_key"],
             "arch": job.space.validate(record["arch"]).to_json(),
             **{f"val_{m}": record[m] for m in metrics},
