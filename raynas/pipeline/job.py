@@ -282,7 +282,7 @@ class Job:
                 ray_up.close()  # the export runs here, Ray down
                 exported = self.export(checkpoint, summary.front, parent,
                                        records=summary.records)
-                self.log_headline(exported["record"])
+                self.log_headline(exported.get("record") or {})
                 self.tracker.log_metrics({"job_wall_s": time.perf_counter() - t0})
         self.save_state(status="finished")
         return {"parent_run_id": parent, "checkpoint": checkpoint, "front": summary.front,
