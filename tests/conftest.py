@@ -15,7 +15,13 @@ import pytest
 
 def pytest_itemcollected(item):
     # Marked as each test is collected, before xdist reads the groups (its own
-    # pytest_collection_modifyitems turns them into node-id suffixes).
-    group = "smoke" if "smoke_run" in getattr(item, "fixturenames", ()) else \
-        item.module.__name__
+    # pytest_collection_modifyitems turns them into node-id suffixes). A module whose tests
+    # share nothing costly (``XDIST_EACH_TEST = True``) lends each test a group of its own,
+    # so its long jobs can run on both workers.
+    if "smoke_run" in getattr(item, "fixturenames", ()):
+        group = "smoke"
+    elif getattr(item.module, "XDIST_EACH_TEST", False):
+        group = item.nodeid
+    else:
+        group = item.module.__name__
     item.add_marker(pytest.mark.xdist_group(group))

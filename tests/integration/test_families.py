@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from raynas.export.serialize import load_subnet
 
 pytestmark = pytest.mark.integration
+XDIST_EACH_TEST = True  # four independent jobs: each may run beside another (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "tests" / "plugin"

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from raynas.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.integration
+XDIST_EACH_TEST = True  # independent jobs: each may run beside another (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,6 +14,7 @@ from raynas.checkpoint import load_checkpoint
 from raynas.export.serialize import load_subnet
 
 pytestmark = pytest.mark.integration
+XDIST_EACH_TEST = True  # independent jobs: each may run beside another (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 
