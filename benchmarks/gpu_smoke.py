@@ -103,8 +103,9 @@ def main() -> int:
             records = pq.read_table(out / "evaluations.parquet").to_pylist()
         _check(len(records) == 16 and all(r.get("eval_device") == "cuda" for r in records),
                f"{len(records)} subnets scored by the evaluator actor on CUDA", checks)
-        _check(all(r.get("latency_target") == "cuda" and r["latency_ms"] > 0
-                   for r in records), "each subnet has a latency on the CUDA target", checks)
+        _check(bool(records) and all(r.get("latency_target") == "cuda" and r["latency_ms"] > 0
+                                     for r in records),
+               "each subnet has a latency on the CUDA target", checks)
         export = (json.loads((out / "subnet" / "export.json").read_text())
                   if (out / "subnet" / "export.json").is_file() else {})
         _check(bool(export) and max(export["max_abs_diff"].values()) <= export["atol"],

@@ -122,6 +122,9 @@ class MeasuredLatency:
         inputs = ((self.example(example),) if all(isinstance(d, int) for d in example)
                   else tuple(example))
         device = torch.device(self.device)
+        # Timing moves the model (in place); it goes back where it was, so a caller's next
+        # step on its own device (FLOPs on the CPU, say) still finds it there.
+        home = next((t.device for t in (*model.parameters(), *model.buffers())), device)
         model = model.eval().to(device)
         inputs = tuple(t.to(device) for t in inputs)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -138,3 +141,4 @@ class MeasuredLatency:
                 return timer.blocked_autorange(min_run_time=self.min_run_time_s).median * 1e3
         finally:
             torch.set_num_threads(previous)
+            model.to(home)
