@@ -31,7 +31,7 @@ from raynas.tickets import load_ticket
 from raynas.training.diagnostics import GradientCosine
 from raynas.training.dropout import DROPOUTS, check_dropout_site
 from raynas.training.losses import DISTILLERS
-from raynas.training.optim import build_optimizer, build_schedule
+from raynas.training.optim import build_optimizer, build_schedule, restore_optimizer
 from raynas.training.pruning import PRUNERS, FixedMasks
 from raynas.training.samplers import (
     SAMPLERS,
@@ -275,7 +275,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if resume_dir is not None:
         state = load_checkpoint(resume_dir, expected=space, weights=weights)
         net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        restore_optimizer(optimizer, state["optimizer"])  # with this job's lr, decay...
         sampler.load_state_dict(state.get("sampler") or {})
         start_epoch = state["epoch"] + 1
         if pruner is not None:
@@ -328,6 +328,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                       f"{epoch + 1} (train.sampler = {cfg.sampler.name!r} is not deterministic "
                       "across workers)", flush=True)
         metrics.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"],
+                       weight_decay=optimizer.param_groups[0].get("weight_decay", 0.0),
                        epoch_time_s=time.perf_counter() - t0, **attempt_info)
         attempt_info = {}
         if rank == 0:

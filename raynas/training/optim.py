@@ -99,6 +99,18 @@ def build_optimizer(net: nn.Module, cfg) -> torch.optim.Optimizer:
                              lr=cfg.lr)
 
 
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint's optimizer ``state`` (momentum, Adam's moments) but keep this job's
+    hyperparameters: ``load_state_dict`` also brings back each group's learning rate, weight
+    decay, momentum and betas as they were when the checkpoint was saved, so a resume with a
+    new ``train.weight_decay`` (``train.resume_from``, a population-based-training trial
+    continuing from its donor's weights) would silently train with the old one."""
+    own = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, settings in zip(optimizer.param_groups, own):
+        group.update(settings)
+
+
 @SCHEDULES.register("warmup_cosine")
 def warmup_cosine(train):
     """Linear warm-up over ``train.warmup_epochs``, then cosine decay to zero at the end of

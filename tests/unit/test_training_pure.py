@@ -13,7 +13,7 @@ from raynas.supernets import create_supernet
 from raynas.tasks import build_task, make_loader, sample_batches
 from raynas.training.loop import quick_metric, train_step
 from raynas.training.losses import DISTILLERS, kd_kl
-from raynas.training.optim import build_optimizer, lr_at
+from raynas.training.optim import build_optimizer, lr_at, restore_optimizer
 from raynas.training.samplers import SAMPLERS, SandwichSampler, UniformSampler
 
 
@@ -111,6 +111,30 @@ def test_build_optimizer(tiny_space):
     plain = build_optimizer(net, TrainConfig(optimizer={"name": "sgd",
                                                         "options": {"momentum": 0.0}}))
     assert plain.param_groups[0]["nesterov"] is False
+
+
+def test_a_restored_optimizer_keeps_this_jobs_hyperparameters_and_the_saved_moments(tiny_space):
+    """A checkpoint saved with weight decay 1e-2 and momentum 0.5, resumed by a job that asks
+    for 1e-4 and 0.9 (a new train.weight_decay, a population-based-training trial on its
+    donor's weights): the job's values are used, the saved momentum buffers are kept."""
+    net = create_supernet(tiny_space)
+    old = build_optimizer(net, TrainConfig(lr=0.2, weight_decay=1e-2, optimizer={
+        "name": "sgd", "options": {"momentum": 0.5}}))
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    old.step()
+    saved = old.state_dict()
+    new = build_optimizer(net, TrainConfig(lr=0.05, weight_decay=1e-4, optimizer={
+        "name": "sgd", "options": {"momentum": 0.9}}))
+    plain = build_optimizer(net, TrainConfig(lr=0.05, weight_decay=1e-4))
+    plain.load_state_dict(saved)
+    assert plain.param_groups[0]["weight_decay"] == 1e-2  # what load_state_dict alone does
+    restore_optimizer(new, saved)
+    decay, no_decay = new.param_groups
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    assert decay["momentum"] == 0.9 and decay["lr"] == 0.05
+    first = next(p for p in net.parameters() if p.dim() > 1)
+    assert torch.equal(new.state[first]["momentum_buffer"], old.state[first]["momentum_buffer"])
 
 
 # ---- one training step -------------------------------------------------------------------------
