@@ -275,7 +275,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if resume_dir is not None:
         state = load_checkpoint(resume_dir, expected=space, weights=weights)
         net.load_state_dict(state["model"])
-        restore_optimizer(optimizer, state["optimizer"])  # with this job's lr, decay...
+        restore_optimizer(optimizer, state["optimizer"])
         sampler.load_state_dict(state.get("sampler") or {})
         start_epoch = state["epoch"] + 1
         if pruner is not None:
