@@ -240,10 +240,11 @@ def _written(tmp_path, *keep):
                   if p.name not in keep and not any(k in p.parents for k in keep))
 
 
+# Named ids and a fixed gzip mtime: every xdist worker must collect the same test ids.
 @pytest.mark.parametrize("content", [
     b"\x00\xff\xfe\xfd binary",
-    gzip.compress(b"name: quickstart\nspace: digits_cnn\n"),
-])
+    gzip.compress(b"name: quickstart\nspace: digits_cnn\n", mtime=0),
+], ids=["binary", "gzip"])
 def test_binary_job_file(cli, tmp_path, no_work, content):
     job = tmp_path / "job.yaml"
     job.write_bytes(content)
