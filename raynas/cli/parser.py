@@ -24,6 +24,7 @@ from raynas.cli.tool_commands import (
     cmd_spaces_show,
     cmd_ticket_export,
 )
+from raynas.cli.tune_command import add_tune_parser
 
 _OVERRIDES_HELP = ("dotted.key=value overrides of the job file, e.g. train.epochs=5 "
                    "search.budget=64 search.searcher=optuna_tpe")
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                "checkpoint train.epochs=40")
     _job_args(p)
     p.set_defaults(func=cmd_train)
+
+    add_tune_parser(sub, _job_args)
 
     p = sub.add_parser(
         "search", formatter_class=fmt, help="search a trained supernet",

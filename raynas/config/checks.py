@@ -26,6 +26,13 @@ def check_job(cfg: JobConfig, source: str) -> None:
     if lat.model in ("predictor", "flops") and not lat.predictor:
         raise ConfigError(f"{source}: latency.predictor is required when latency.model = "
                           f"{lat.model!r} (fit one with `raynas latency fit TABLE`)")
+    if cfg.hparams:
+        from raynas.hpo.space import parse_hparams
+
+        try:
+            parse_hparams(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     if cfg.data.val_fraction + cfg.data.test_fraction >= 0.8:
         raise ConfigError(f"{source}: data.val_fraction + data.test_fraction = "
                           f"{cfg.data.val_fraction + cfg.data.test_fraction}: must be < 0.8")

@@ -299,6 +299,28 @@ class FidelityConfig(_Section):
         return v
 
 
+class HpoConfig(_Section):
+    """``raynas tune``: a study over the job's ``hparams``, each trial a supernet training."""
+
+    searcher: Literal["optuna_tpe", "nevergrad", "random"] = Field(
+        "optuna_tpe", description="what suggests each trial's hyperparameters (random: "
+        "seeded draws; the only one population-based training takes)")
+    scheduler: ComponentField = Field(
+        Component(name="asha"), description="fifo (every trial trains every epoch), asha "
+        "(stops the weaker trials early; options: grace_period, reduction_factor, "
+        "brackets) or pbt (the weaker trials continue from a stronger one's checkpoint with "
+        "mutated hyperparameters; options: perturbation_interval, quantile_fraction, "
+        "resample_probability, perturbation_factors), all counted in epochs")
+    trials: int = Field(8, ge=1, description="trials of the study (pbt: the population)")
+    max_concurrent_trials: int = Field(2, ge=1, description="trials training at once, as "
+                                       "Ray's resources allow")
+    probes: int = Field(4, ge=2, le=32, description="subnets whose mean validation metric "
+                        "judges a trial's supernet each epoch: the largest, the smallest and "
+                        "the rest spread over FLOPs")
+    options: dict[str, Any] = Field(default_factory=dict, description="the searcher's own "
+                                    "settings, e.g. {optimizer: NGOpt} for nevergrad")
+
+
 class JobConfig(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     space: str
@@ -319,6 +341,11 @@ class JobConfig(_Section):
     search: SearchConfig = SearchConfig()
     export: ExportConfig = ExportConfig()
     fidelity: FidelityConfig = FidelityConfig()
+    hparams: dict[str, Any] = Field(
+        default_factory=dict, description="what `raynas tune` searches: dotted job key -> "
+        "dim in the space language (float with low, high, log; int; choice), e.g. "
+        "{train.lr: {type: float, low: 0.01, high: 0.3, log: true}}")
+    hpo: HpoConfig = HpoConfig()
     base_dir: str = Field(".", description="directory relative paths start from (set by load)")
 
     @property

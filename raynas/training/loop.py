@@ -215,7 +215,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config`` holds plain values only (it crosses processes):
     ``space`` (dict), ``task`` (``{name, options}`` or None), ``train`` / ``data`` (config
     dicts), ``seed``, ``resume_from``, ``ticket`` (the bytes of ``train.init_ticket``'s file,
-    or None).
+    or None), ``probes`` (archs whose mean validation metric each epoch reports, or None).
 
     Workers never talk to MLflow: rank 0 reports each epoch's metrics with its checkpoint,
     and the trainer's callback logs them from the driver's node (see ``trainer.py``).
@@ -300,6 +300,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     calib = sample_batches(data.train, 2, 256, seed=config["seed"]) if rank == 0 else []
     val_batches = list(make_loader(data.val, 512)) if rank == 0 else []
     primary = task.primary.name
+    probes = [space.validate(a) for a in config.get("probes") or ()]
     scorer = validation_scorer(task, data.val, cfg.batch_size, config["seed"], device)
     probe = (GradientCosine([p for p in net.parameters() if p.requires_grad])
              if cfg.grad_cosine else None)
@@ -335,6 +336,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for which, arch in (("largest", space.largest()), ("smallest", space.smallest())):
                 metrics[f"val_{primary}_{which}"] = quick_metric(net, task, arch, calib,
                                                                  val_batches, device)
+            if probes:  # `raynas tune`'s metric: the mean over a fixed set of subnets
+                metrics[f"val_{primary}_probes"] = sum(
+                    quick_metric(net, task, a, calib, val_batches, device) for a in probes
+                ) / len(probes)
             if ticket is not None:
                 metrics[f"val_{primary}_ticket"] = quick_metric(net, task, ticket["arch"], calib,
                                                                 val_batches, device)

@@ -90,13 +90,18 @@ def train_request(cfg: JobConfig) -> Request:
 
 
 def train_supernet(cfg: JobConfig, space: SearchSpace,
-                   tracking: dict[str, str] | None = None, name: str = "train") -> TrainResult:
+                   tracking: dict[str, str] | None = None, name: str = "train",
+                   probes: list[dict[str, Any]] | None = None,
+                   callbacks: list[UserCallback] = ()) -> TrainResult:
     """Train the supernet of ``space`` with Ray Train (Ray must be initialised).
 
     Checkpoints land under ``<storage_path>/<name>/``. A worker failure restarts the group
     from the latest checkpoint, up to ``train.max_failures`` times; running again with the
     same ``name`` and storage continues that run from its latest checkpoint (Ray Train
     restores it), which is how ``raynas run --resume`` picks up an interrupted training.
+    ``probes``: archs whose mean validation metric each epoch reports
+    (``val_<metric>_probes``); ``callbacks``: more Ray Train callbacks (``raynas tune``'s
+    relay to its Tune trial).
     """
     from ray.train import (
         CheckpointConfig,
@@ -124,6 +129,7 @@ def train_supernet(cfg: JobConfig, space: SearchSpace,
         else None,
         # The file's bytes, so workers on any node of a cluster read the same ticket.
         "ticket": resolve_path(cfg, t.init_ticket).read_bytes() if t.init_ticket else None,
+        "probes": probes,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -139,7 +145,7 @@ def train_supernet(cfg: JobConfig, space: SearchSpace,
             failure_config=FailureConfig(max_failures=t.max_failures),
             # Keep the console to one progress line per epoch.
             logging_config=LoggingConfig(log_level="WARNING"),
-            callbacks=[EpochLogger(**tracking)] if tracking else None,
+            callbacks=([EpochLogger(**tracking)] if tracking else []) + list(callbacks),
         ),
     )
     # fit() in a worker thread: this one stays free for Ctrl-C and for the placement
