@@ -133,3 +133,39 @@ def test_tune_needs_hparams(cli, tmp_path):
     rc, _, err = cli("tune", ROOT / "jobs" / "quickstart.yaml")
     assert_one_error_line(rc, err, "hparams: empty", "train.lr")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("searcher", ["optuna_tpe", "nevergrad", "random"])
+def test_each_searcher_suggests_values_inside_the_dims_and_is_seeded(searcher):
+    from raynas.hpo.study import build_searcher
+
+    def suggestions(seed: int) -> list[dict]:
+        cfg = _cfg(f"hpo.searcher={searcher}", f"seed={seed}",
+                   "hparams.train.num_subnets={type: int, low: 2, high: 4}",
+                   "hparams.train.distill.name={type: choice, values: [kl, none]}")
+        dims = parse_hparams(cfg)
+        alg = build_searcher(cfg, "val_accuracy_probes", "max")
+        if searcher == "random":  # Tune's variant generator: trials from the space
+            from ray.tune.experiment import Experiment
+
+            alg.add_configurations([Experiment("s", lambda c: None, num_samples=6,
+                                               config=tune_space(dims))])
+            return [alg.next_trial().config for _ in range(6)]
+        assert alg.set_search_properties("val_accuracy_probes", "max", tune_space(dims))
+        out = []
+        for i in range(6):
+            config = alg.suggest(f"t{i}")
+            alg.on_trial_complete(f"t{i}", {"val_accuracy_probes": 0.5 + 0.01 * i})
+            out.append(config)
+        return out
+
+    first = suggestions(0)
+    for config in first:
+        assert 0.003 <= config["train.lr"] <= 0.3
+        assert 1e-5 <= config["train.weight_decay"] <= 1e-2
+        assert config["train.num_subnets"] in (2, 3, 4)
+        assert config["train.distill.name"] in ("kl", "none")
+    assert len({c["train.lr"] for c in first}) == 6  # draws, not one point
+    if searcher != "nevergrad":  # nevergrad's own seeding is its parametrization's
+        assert suggestions(0) == first
+        assert suggestions(1) != first
