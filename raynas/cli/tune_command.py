@@ -51,7 +51,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from raynas.hpo.study import run_study
 
     job = _load_job(args)
-    outcome = run_study(job, resume=args.resume)
+    try:
+        outcome = run_study(job, resume=args.resume)
+    except KeyboardInterrupt:
+        print("[raynas] tune: interrupted; the same command with --resume continues the "
+              "study from its trials' latest checkpoints", flush=True)
+        raise
     best = outcome.best
     values = ", ".join(f"{k}={v!r}" for k, v in best["config"].items())
     stopped = sum(t["status"] == "stopped" for t in outcome.trials)

@@ -238,6 +238,11 @@ def run_study(job, resume: bool = False) -> StudyOutcome:
             f"{', '.join(d.name for d in dims)}; {cfg.hpo.searcher} suggests, "
             f"{cfg.hpo.scheduler.name} schedules, judged by {metric} over {len(probes)} "
             f"probe subnets")
+        if cfg.hpo.scheduler.name == "pbt" and cfg.hpo.max_concurrent_trials < cfg.hpo.trials:
+            say(f"tune: note: pbt with hpo.max_concurrent_trials = "
+                f"{cfg.hpo.max_concurrent_trials} < hpo.trials = {cfg.hpo.trials}: the later "
+                "trials start beside finished ones and exploit less; a population trains "
+                "best side by side")
         with job.ray("train"):
             if resume:
                 tuner = tune.Tuner.restore(experiment, trainable=trainable,

@@ -156,3 +156,50 @@ def test_ctrl_c_mid_training_stops_in_seconds_and_resume_finishes_the_job(tmp_pa
     assert after["train"]["run_id"] == state["train"]["run_id"]  # the same MLflow run
     assert _run_of(client, after["train"]["run_id"]).info.status == "FINISHED"
     assert (out / "subnet" / "model.pt").is_file()
+
+
+def test_ctrl_c_mid_study_and_tune_resume_finishes_it_in_the_same_runs(tmp_path, drivers):
+    out, log = tmp_path / "out", tmp_path / "first.log"
+    args = ["tune", str(ROOT / "jobs" / "tune_quickstart.yaml"), "train.epochs=3",
+            "hpo.trials=2", "hpo.max_concurrent_trials=1", "hpo.scheduler=fifo", CPUS,
+            "--output-dir", str(out)]
+    proc = drivers(tmp_path, args, log)
+    try:
+        deadline = time.monotonic() + 600  # once the first trial has a checkpoint in Tune
+        while not list(out.glob("ray/tune/trial_*/checkpoint_000000")):
+            assert proc.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "no trial checkpoint within 600 s"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = _wait(proc, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 130, log.read_text()[-4000:]
+    assert "--resume continues the study" in log.read_text()
+    state = _state(out)
+    assert state["tune"]["status"] == "interrupted"
+    client = _client(tmp_path)
+    assert _run_of(client, state["tune"]["run_id"]).info.status == "KILLED"
+    assert not (out / "best_job.yaml").exists() and not (out / "tune.json").exists()
+
+    second = drivers(tmp_path, [*args, "--resume"], tmp_path / "second.log")
+    assert _wait(second, 1200) == 0, (tmp_path / "second.log").read_text()[-4000:]
+    after = _state(out)
+    assert after["tune"]["status"] == "finished"
+    assert after["tune"]["run_id"] == state["tune"]["run_id"]  # the same MLflow run
+    parent = _run_of(client, after["tune"]["run_id"])
+    assert parent.info.status == "FINISHED"
+    study = json.loads((out / "tune.json").read_text())
+    assert [t["status"] for t in study["trials"]] == ["completed", "completed"]
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    # One child run per trial, the interrupted trial's reopened rather than doubled, each
+    # with the probe metric of all three epochs.
+    assert sorted(r.data.tags["raynas.trial"] for r in children) == sorted(
+        t["trial_id"] for t in study["trials"])
+    for run in children:
+        steps = {m.step for m in client.get_metric_history(run.info.run_id,
+                                                           "val_accuracy_probes")}
+        assert steps == {1, 2, 3}, (run.data.tags["raynas.trial"], steps)

@@ -31,7 +31,13 @@ def _children(uri: str, experiment: str) -> tuple:
 
 
 def _history(client, run, key: str) -> dict[int, float]:
-    return {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+    """Step -> value; a step logged twice (a trial restarted from an earlier checkpoint
+    trains that epoch again) keeps its latest value."""
+    latest: dict[int, tuple[int, float]] = {}
+    for m in client.get_metric_history(run.info.run_id, key):
+        if m.step not in latest or m.timestamp >= latest[m.step][0]:
+            latest[m.step] = (m.timestamp, m.value)
+    return {step: value for step, (_, value) in latest.items()}
 
 
 def test_asha_stops_weak_trials_and_the_best_completed_trial_is_written(store, run_cli):
@@ -42,7 +48,9 @@ def test_asha_stops_weak_trials_and_the_best_completed_trial_is_written(store, r
              "hpo.trials=4", "hpo.max_concurrent_trials=1",
              "hpo.scheduler.options={grace_period: 1, reduction_factor: 2}",
              "hparams.train.lr={type: float, low: 0.002, high: 0.2, log: true}"],
-            store["cwd"], store["uri"])
+            # Alone it takes about 140 s; beside the rest of the suite on 2 cores each
+            # trial's Ray Train start took 40-60 s, and 420 s ran out in the fourth trial.
+            store["cwd"], store["uri"], timeout=1200)
     study = json.loads((out / "tune.json").read_text())
     trials = study["trials"]
     assert len(trials) == 4
@@ -82,17 +90,6 @@ def test_asha_stops_weak_trials_and_the_best_completed_trial_is_written(store, r
         assert curve[t["epochs_done"]] == pytest.approx(t[METRIC])
 
 
-def _fit_steps_per_epoch(lrs: dict[int, float], lr: float, epochs: int) -> int:
-    """The steps per epoch under which ``lrs`` (epoch -> lr at its last step) are the
-    warm-up cosine schedule of base ``lr``: found, not assumed."""
-    cfg = TrainConfig(lr=lr, epochs=epochs, warmup_epochs=1)
-    fits = [spe for spe in range(1, 200)
-            if all(v == pytest.approx(lr_at(cfg, e * spe - 1, spe), rel=1e-6)
-                   for e, v in lrs.items())]
-    assert len(fits) == 1, (lrs, fits)
-    return fits[0]
-
-
 def test_pbt_trial_continues_from_a_donor_with_its_own_hyperparameters(store, run_cli):
     out = store["cwd"] / "tune-pbt"
     epochs = 4
@@ -101,26 +98,29 @@ def test_pbt_trial_continues_from_a_donor_with_its_own_hyperparameters(store, ru
     run_cli(["tune", JOB, "--output-dir", str(out), "name=tune_pbt", f"train.epochs={epochs}",
              "hpo.trials=2", "hpo.searcher=random", "hpo.scheduler=pbt",
              "hparams.train.weight_decay={type: float, low: 1.0e-5, high: 0.05, log: true}"],
-            store["cwd"], store["uri"])
+            store["cwd"], store["uri"], timeout=1200)
     trials = json.loads((out / "tune.json").read_text())["trials"]
-    exploited = [t for t in trials if t["restored_at_epochs"]]
-    assert exploited, trials
+    assert any(t["restored_at_epochs"] for t in trials), trials  # pbt restarted a trial
     client, parent, children = _children(store["uri"], "tune_pbt")
-    by_trial = {r.data.tags["raynas.trial"]: r for r in children}
-    for t in exploited:
-        run = by_trial[t["trial_id"]]
-        first_after = t["restored_at_epochs"][0] + 1
-        donor_at = {k: _history(client, r, "hp.train.weight_decay").get(
-            t["restored_at_epochs"][0]) for k, r in by_trial.items() if k != t["trial_id"]}
+    # The trials whose values pbt changed: restarted from the other's checkpoint with its
+    # values mutated (a restart may also continue a trial's own checkpoint, values unchanged).
+    mutated = [r for r in children if len({m.value for m in client.get_metric_history(
+        r.info.run_id, "hp.train.weight_decay")}) >= 2]
+    assert mutated, [r.data.tags["raynas.trial"] for r in children]
+    for run in mutated:
         wd_used = _history(client, run, "weight_decay")  # read from the optimizer's groups
         wd_own = _history(client, run, "hp.train.weight_decay")
         lr_used, lr_own = _history(client, run, "lr"), _history(client, run, "hp.train.lr")
-        # After the restore the optimizer trains with this trial's mutated values...
-        assert wd_used[first_after] == pytest.approx(wd_own[first_after], rel=1e-9)
-        # ... which are not the donor's (the checkpoint's optimizer state held those).
-        assert all(wd_own[first_after] != pytest.approx(v, rel=1e-6)
-                   for v in donor_at.values() if v is not None)
-        # And the learning rate follows this trial's own base lr through the schedule.
-        steps = _fit_steps_per_epoch({e: v for e, v in lr_used.items() if e >= first_after},
-                                     lr_own[first_after], epochs)
-        assert steps > 1
+        # Every epoch, before and after each restore from a donor's checkpoint (whose
+        # optimizer state held the donor's values), the optimizer trains with this trial's
+        # own weight decay...
+        assert sorted(wd_used) == sorted(wd_own)
+        for e in wd_used:
+            assert wd_used[e] == pytest.approx(wd_own[e], rel=1e-9), (e, wd_used, wd_own)
+        # ... and its learning rate follows this trial's own base lr through the schedule
+        # (one steps-per-epoch fits every epoch, each with its own base).
+        fits = [spe for spe in range(1, 200) if all(
+            lr_used[e] == pytest.approx(lr_at(TrainConfig(lr=lr_own[e], epochs=epochs,
+                                                          warmup_epochs=1), e * spe - 1, spe),
+                                        rel=1e-6) for e in lr_used)]
+        assert len(fits) == 1, (lr_used, lr_own, fits)
