@@ -18,7 +18,7 @@ from raynas.space.dims import Choice, FloatRange, IntRange
 
 # Keys a supernet training reads: what a trial may change.
 TUNABLE = ("train", "data", "weights", "task", "seed")
-# Sections that describe the study or where it runs, never one trial's training.
+# Path keys of a job: made absolute in best_job.yaml, which lives in another folder.
 _PATH_KEYS = ("data.path", "train.resume_from", "train.init_ticket", "latency.table",
               "latency.lut", "latency.predictor")
 
