@@ -54,15 +54,38 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
         return
     addr = ray_address(address)
     kwargs = {"logging_level": logging.WARNING}
+    api = os.environ.get(_API_SERVER)
     if addr == "local":
+        port = _free_port()
         kwargs.update(num_cpus=num_cpus, resources=dict(resources or {}) or None,
-                      include_dashboard=True, dashboard_host="127.0.0.1")
+                      include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
+        # Ray's processes inherit this from the driver: Ray Train's placement-group cleaner
+        # asks the state API whether a run's controller lives, and without it looks for
+        # "the" Ray on this machine, fails when there are several, and a stopped trial's
+        # CPUs stay reserved for ever (`raynas tune` beside another Ray then hangs).
+        os.environ[_API_SERVER] = f"http://127.0.0.1:{port}"
     # Workers import raynas from the driver's environment; keep Ray's own chatter down.
-    ray.init(address=addr, **kwargs)
     try:
+        ray.init(address=addr, **kwargs)
         yield
     finally:
         ray.shutdown()
+        if api is None:
+            os.environ.pop(_API_SERVER, None)
+        else:
+            os.environ[_API_SERVER] = api
+
+
+# Where Ray's state and job clients find the cluster's API server.
+_API_SERVER = "RAY_API_SERVER_ADDRESS"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ---- requests that can never be placed ---------------------------------------------------------

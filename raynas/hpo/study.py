@@ -146,15 +146,23 @@ class _Tracking(tune.Callback):
         tid = trial.trial_id
         if tid not in self.trackers and isinstance(self.job.tracker, MlflowTracker):
             tracker = MlflowTracker(self.job.tracker.uri, self.job.cfg.experiment_name)
-            if tid in self.runs:
-                tracker.resume_run(self.runs[tid])
+            tags = {"raynas.stage": "tune-trial", "raynas.job": self.job.cfg.name,
+                    "raynas.trial": tid}
+            # A Ctrl-C can land between creating a trial's run and noting it in the job
+            # state: on --resume the run is then found by its tags, not made twice.
+            known = self.runs.get(tid) or tracker.find_run(self.parent_id, tags)
+            if known:
+                tracker.resume_run(known)
+                if tid not in self.runs:
+                    self.runs[tid] = known
+                    self.on_change()
+                    if not tracker.run_info(known)["params"]:
+                        tracker.log_params(trial.config)
             else:
-                self.runs[tid] = tracker.start_run(
-                    f"trial {tid}", parent_id=self.parent_id,
-                    tags={"raynas.stage": "tune-trial", "raynas.job": self.job.cfg.name,
-                          "raynas.trial": tid})
-                tracker.log_params(trial.config)
+                self.runs[tid] = tracker.start_run(f"trial {tid}", parent_id=self.parent_id,
+                                                   tags=tags)
                 self.on_change()
+                tracker.log_params(trial.config)
             self.trackers[tid] = tracker
         return self.trackers.get(tid)
 

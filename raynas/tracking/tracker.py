@@ -46,6 +46,10 @@ class Tracker:
                   tags: Mapping[str, str] | None = None) -> str | None:
         return None
 
+    def find_run(self, parent_id: str | None, tags: Mapping[str, str]) -> str | None:
+        """The run under ``parent_id`` carrying all ``tags``, if one exists."""
+        return None
+
     def resume_run(self, run_id: str) -> str | None:
         """Log into an existing run again (a resumed job); ``end_run`` ends it."""
         return None
@@ -143,6 +147,16 @@ class MlflowTracker(Tracker):
             self._stack.append(self.run_id)
         self.run_id = run.info.run_id
         return self.run_id
+
+    def find_run(self, parent_id, tags):
+        """The id of this experiment's run under ``parent_id`` carrying all ``tags``, or
+        None."""
+        if not parent_id:
+            return None
+        where = " and ".join([f"tags.mlflow.parentRunId = '{parent_id}'",
+                              *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
+        runs = self.client.search_runs([self.experiment_id], where, max_results=1)
+        return runs[0].info.run_id if runs else None
 
     def resume_run(self, run_id):
         self.client.update_run(run_id, status="RUNNING")

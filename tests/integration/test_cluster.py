@@ -176,6 +176,29 @@ def test_the_cluster_keeps_token_auth_and_loopback_binding(cluster, mlflow_serve
                 assert s.connect_ex((ip, port)) != 0, f"port {port} answers on {ip}"
 
 
+
+_OWN_CLUSTER = """
+import ray
+from raynas.runtime import ray_session
+
+@ray.remote(num_cpus=0)
+def state_api_nodes():  # what Ray Train's placement-group cleaner asks, from a worker
+    from ray.util.state import list_nodes
+    return [n.node_id for n in list_nodes()]
+
+with ray_session(num_cpus=1):
+    assert ray.get(state_api_nodes.remote()) == [ray.get_runtime_context().get_node_id()]
+print("own cluster")
+"""
+
+
+def test_the_embedded_rays_workers_find_it_beside_another_ray(cluster, tmp_path):
+    """With this module's cluster running too, a worker of an embedded Ray asking Ray's
+    state API (as Ray Train does to clean up a stopped run's placement group) reaches its
+    own Ray: without that, two Rays on one machine leave a stopped trial's CPUs reserved."""
+    proc = cluster.run([sys.executable, "-c", _OWN_CLUSTER], timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0 and "own cluster" in proc.stdout, proc.stderr[-3000:]
+
 # ---- resources the cluster does not have (yet) ---------------------------------------------
 def test_a_worker_group_the_cluster_cannot_place_is_reported_then_times_out(
         cluster, mlflow_server, client, tmp_path):

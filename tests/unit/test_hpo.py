@@ -169,3 +169,32 @@ def test_each_searcher_suggests_values_inside_the_dims_and_is_seeded(searcher):
     if searcher != "nevergrad":  # nevergrad's own seeding is its parametrization's
         assert suggestions(0) == first
         assert suggestions(1) != first
+
+
+def test_a_trial_run_made_before_a_ctrl_c_is_reopened_not_doubled(tmp_path):
+    """The study created the trial's MLflow run, then Ctrl-C came before the job state
+    noted it: the resumed study finds the run by its tags and logs into it."""
+    from types import SimpleNamespace
+
+    from raynas.hpo.study import _Tracking
+    from raynas.tracking import MlflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    parent = MlflowTracker(uri, "tune")
+    parent_id = parent.start_run("tune")
+    job = SimpleNamespace(tracker=parent, cfg=SimpleNamespace(name="j", experiment_name="tune"))
+    trial = SimpleNamespace(trial_id="abc123", config={"train.lr": 0.01})
+    first = _Tracking("k", job, parent_id, {}, "m", 3, lambda: None)
+    made = first._tracker(trial).run_id  # the run exists; the state never heard of it
+
+    noted: list[dict] = []
+    runs: dict[str, str] = {}
+    second = _Tracking("k", job, parent_id, runs, "m", 3, lambda: noted.append(dict(runs)))
+    assert second._tracker(trial).run_id == made
+    assert runs == {"abc123": made} and noted == [{"abc123": made}]
+    other = SimpleNamespace(trial_id="def456", config={"train.lr": 0.1})
+    assert second._tracker(other).run_id not in (None, made)  # a new trial: a new run
+    children = parent.client.search_runs([parent.experiment_id],
+                                         f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert sorted(r.data.tags["raynas.trial"] for r in children) == ["abc123", "def456"]
+    assert parent.run_info(made)["params"] == {"train.lr": "0.01"}
