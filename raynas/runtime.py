@@ -54,7 +54,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
         return
     addr = ray_address(address)
     kwargs = {"logging_level": logging.WARNING}
-    api = os.environ.get(_API_SERVER)
+    saved = {_API_SERVER: os.environ.get(_API_SERVER)}
     if addr == "local":
         port = _free_port()
         kwargs.update(num_cpus=num_cpus, resources=dict(resources or {}) or None,
@@ -64,20 +64,26 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
         # "the" Ray on this machine, fails when there are several, and a stopped trial's
         # CPUs stay reserved for ever (`raynas tune` beside another Ray then hangs).
         os.environ[_API_SERVER] = f"http://127.0.0.1:{port}"
+        # One machine has no node that Ray drains: Ray Train's preemption watcher (an actor,
+        # a Python process, per training run) has nothing to watch.
+        saved[_PREEMPTION] = os.environ.get(_PREEMPTION)
+        os.environ.setdefault(_PREEMPTION, "0")
     # Workers import raynas from the driver's environment; keep Ray's own chatter down.
     try:
         ray.init(address=addr, **kwargs)
         yield
     finally:
         ray.shutdown()
-        if api is None:
-            os.environ.pop(_API_SERVER, None)
-        else:
-            os.environ[_API_SERVER] = api
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # Where Ray's state and job clients find the cluster's API server.
 _API_SERVER = "RAY_API_SERVER_ADDRESS"
+_PREEMPTION = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def _free_port() -> int:

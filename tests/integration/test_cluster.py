@@ -183,11 +183,15 @@ from raynas.runtime import ray_session
 
 @ray.remote(num_cpus=0)
 def state_api_nodes():  # what Ray Train's placement-group cleaner asks, from a worker
+    import os
     from ray.util.state import list_nodes
-    return [n.node_id for n in list_nodes()]
+    return [n.node_id for n in list_nodes()], os.environ.get(
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
 
 with ray_session(num_cpus=1):
-    assert ray.get(state_api_nodes.remote()) == [ray.get_runtime_context().get_node_id()]
+    nodes, watcher = ray.get(state_api_nodes.remote())
+    assert nodes == [ray.get_runtime_context().get_node_id()], nodes
+    assert watcher == "0"  # one machine: no node is drained, no watcher actor per run
 print("own cluster")
 """
 
