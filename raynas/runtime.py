@@ -54,7 +54,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
         return
     addr = ray_address(address)
     kwargs = {"logging_level": logging.WARNING}
-    saved = {_API_SERVER: os.environ.get(_API_SERVER)}
+    env: dict[str, str] = {}
+    defaults: dict[str, str] = {}
     if addr == "local":
         port = _free_port()
         kwargs.update(num_cpus=num_cpus, resources=dict(resources or {}) or None,
@@ -63,27 +64,41 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
         # asks the state API whether a run's controller lives, and without it looks for
         # "the" Ray on this machine, fails when there are several, and a stopped trial's
         # CPUs stay reserved for ever (`raynas tune` beside another Ray then hangs).
-        os.environ[_API_SERVER] = f"http://127.0.0.1:{port}"
+        env[_API_SERVER] = f"http://127.0.0.1:{port}"
         # One machine has no node that Ray drains: Ray Train's preemption watcher (an actor,
         # a Python process, per training run) has nothing to watch.
-        saved[_PREEMPTION] = os.environ.get(_PREEMPTION)
-        os.environ.setdefault(_PREEMPTION, "0")
+        defaults[_PREEMPTION] = "0"
     # Workers import raynas from the driver's environment; keep Ray's own chatter down.
-    try:
-        ray.init(address=addr, **kwargs)
-        yield
-    finally:
-        ray.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with environ(env, defaults):
+        try:
+            ray.init(address=addr, **kwargs)
+            yield
+        finally:
+            ray.shutdown()
 
 
 # Where Ray's state and job clients find the cluster's API server.
 _API_SERVER = "RAY_API_SERVER_ADDRESS"
 _PREEMPTION = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+@contextlib.contextmanager
+def environ(values: dict[str, str], defaults: dict[str, str] | None = None) -> Iterator[None]:
+    """Set ``values`` (and ``defaults`` where the variable is unset) in ``os.environ`` for
+    the block; put back what was there after it."""
+    keys = [*values, *(defaults or {})]
+    before = {k: os.environ.get(k) for k in keys}
+    os.environ.update(values)
+    for key, value in (defaults or {}).items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _free_port() -> int:
@@ -257,12 +272,11 @@ def placement_watch(what: str | None = None, timeout_s: float | None = None,
     # Tune (it ends the search quietly, as if it had finished).
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
-    tune_handler = os.environ.get(_TUNE_SIGINT)
-    os.environ[_TUNE_SIGINT] = "1"  # read by Ray Tune when a search starts
     watch.start()
     _WATCHES.append(watch)
     try:
-        yield
+        with environ({_TUNE_SIGINT: "1"}):  # read by Ray Tune when a search starts
+            yield
     except KeyboardInterrupt:
         if watch.timed_out:
             raise ResourceError(watch.timed_out) from None
@@ -273,10 +287,6 @@ def placement_watch(what: str | None = None, timeout_s: float | None = None,
         watch.join(5.0)  # done before Ray goes down (at most one GCS call in flight)
         if main and previous is not None:  # None: a handler not set from Python
             signal.signal(signal.SIGINT, previous)
-        if tune_handler is None:
-            os.environ.pop(_TUNE_SIGINT, None)
-        else:
-            os.environ[_TUNE_SIGINT] = tune_handler
 
 
 # Ray Tune's own SIGINT handler would end a search on Ctrl-C and return as if it had finished.

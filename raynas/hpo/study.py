@@ -150,19 +150,18 @@ class _Tracking(tune.Callback):
                     "raynas.trial": tid}
             # A Ctrl-C can land between creating a trial's run and noting it in the job
             # state: on --resume the run is then found by its tags, not made twice.
-            known = self.runs.get(tid) or tracker.find_run(self.parent_id, tags)
-            if known:
-                tracker.resume_run(known)
-                if tid not in self.runs:
-                    self.runs[tid] = known
-                    self.on_change()
-                    if not tracker.run_info(known)["params"]:
-                        tracker.log_params(trial.config)
+            noted = self.runs.get(tid)
+            run_id = noted or tracker.find_run(self.parent_id, tags)
+            if run_id:
+                tracker.resume_run(run_id)
             else:
-                self.runs[tid] = tracker.start_run(f"trial {tid}", parent_id=self.parent_id,
-                                                   tags=tags)
+                run_id = tracker.start_run(f"trial {tid}", parent_id=self.parent_id, tags=tags)
+            if not noted:
+                self.runs[tid] = run_id
                 self.on_change()
-                tracker.log_params(trial.config)
+                # A new run, or one a Ctrl-C cut short before its params were logged.
+                if not tracker.run_info(run_id)["params"]:
+                    tracker.log_params(trial.config)
             self.trackers[tid] = tracker
         return self.trackers.get(tid)
 

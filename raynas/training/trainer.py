@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +10,7 @@ from typing import Any
 from ray.train import UserCallback
 
 from raynas.config import JobConfig, resolve_path
-from raynas.runtime import Request, run_in_thread
+from raynas.runtime import Request, environ, run_in_thread
 from raynas.space import SearchSpace
 
 # How often Ray Train's controller polls the workers (its default is 2 s). A worker's
@@ -23,16 +21,8 @@ POLL_INTERVAL_S = 0.2
 _POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # read by fit() for the controller it starts
 
 
-@contextlib.contextmanager
-def _controller_poll(seconds: float) -> Iterator[None]:
-    if _POLL_ENV in os.environ:
-        yield
-        return
-    os.environ[_POLL_ENV] = str(seconds)
-    try:
-        yield
-    finally:
-        os.environ.pop(_POLL_ENV, None)
+def _controller_poll(seconds: float) -> contextlib.AbstractContextManager[None]:
+    return environ({}, {_POLL_ENV: str(seconds)})
 
 
 @dataclass(frozen=True)
