@@ -69,6 +69,18 @@ def _job_args(p: argparse.ArgumentParser) -> None:
                         "subnet go (default: outputs/<job name>)")
 
 
+def _subnet_source_args(p: argparse.ArgumentParser, verb: str) -> None:
+    """Where a command's subnets come from: a search run, or a checkpoint with a front or
+    an arch (``export``, ``finetune``)."""
+    p.add_argument("--from-run", metavar="RUN_ID", help="MLflow run id of a search stage "
+                   "(its Pareto front and checkpoint)")
+    p.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory")
+    p.add_argument("--pareto", metavar="FILE", help="pareto.parquet from a search")
+    p.add_argument("--arch", metavar="JSON|FILE", help=f"{verb} this arch instead of a "
+                   "Pareto point (JSON text or a file holding it, such as an exported "
+                   "arch.json)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``raynas`` parser; ``parse_args`` gives a namespace whose ``func`` runs the
     command and returns its exit status."""
@@ -114,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     _job_args(p)
     p.set_defaults(func=cmd_train)
 
-    add_tune_parser(sub, _job_args)
+    add_tune_parser(sub, _job_args, _subnet_source_args)
 
     p = sub.add_parser(
         "search", formatter_class=fmt, help="search a trained supernet",
@@ -169,12 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  raynas export jobs/quickstart.yaml --checkpoint outputs/quickstart/"
                "checkpoint --arch arch.json")
     _job_args(p)
-    p.add_argument("--from-run", metavar="RUN_ID", help="MLflow run id of a search stage "
-                   "(its Pareto front and checkpoint)")
-    p.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory")
-    p.add_argument("--pareto", metavar="FILE", help="pareto.parquet from a search")
-    p.add_argument("--arch", metavar="JSON|FILE", help="export this arch instead of a "
-                   "Pareto point (JSON text or a file holding it)")
+    _subnet_source_args(p, "export")
     p.add_argument("--pick", metavar="best|N", help="Pareto point: 'best' (highest "
                    "value of the first search objective within the budgets) or its index, "
                    "ordered by latency")

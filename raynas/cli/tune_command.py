@@ -1,8 +1,11 @@
-"""``raynas tune``: hyperparameter search over how the job's supernet is trained."""
+"""The hyperparameter commands: ``raynas tune`` (how the job's supernet is trained) and
+``raynas finetune`` (a chosen subnet trained on, with its own small study)."""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 _HELP = """\
 Search the job's hparams: section with Ray Tune. Each trial trains the job's supernet with
@@ -31,7 +34,7 @@ best_job.yaml (the best completed trial's job, for `raynas run`) in the output f
 MLflow gets a 'tune' run with a child run per trial."""
 
 
-def add_tune_parser(sub, job_args) -> None:
+def add_tune_parser(sub, job_args, source_args) -> None:
     p = sub.add_parser(
         "tune", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="search how the supernet is trained (Ray Tune: ASHA, PBT)", description=_HELP,
@@ -44,6 +47,7 @@ def add_tune_parser(sub, job_args) -> None:
                         "restores its trials from their latest checkpoints; the same MLflow "
                         "runs)")
     p.set_defaults(func=cmd_tune)
+    add_finetune_parser(sub, job_args, source_args)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -67,3 +71,105 @@ def cmd_tune(args: argparse.Namespace) -> int:
           f"[raynas] next: raynas run {job.out / 'best_job.yaml'}")
     _footer(job, outcome.run_id)
     return 0
+
+
+_FINETUNE_HELP = """\
+Fine-tune a subnet of a trained supernet: its static model starts from the weights it
+inherited (BN recalibrated, as the search scored it) and trains on the labels for
+finetune.epochs with the job's optimizer and schedule at finetune.lr, optionally distilled
+from the supernet's largest subnet (finetune.distill, the KL weight). A small Ray Tune study
+chooses the values: finetune.hparams (default: lr, log-uniform in [1e-3, 0.1]) over
+finetune.trials trials, suggested by hpo.searcher. With several candidate subnets (--pick
+0,2,5 or --pick all) the subnet is a dim of the same space, so the searcher chooses which
+subnet to deploy and how to fine-tune it together.
+
+The best trial by validation metric is exported to <output_dir>/subnet like `raynas export`
+(state dict, TorchScript, ONNX, each checked against the fine-tuned weights); finetune.json
+holds every trial and the test metrics before and after, finetune.png the curves. MLflow
+gets a 'finetune' run with a child run per trial."""
+
+
+def add_finetune_parser(sub, job_args, source_args) -> None:
+    p = sub.add_parser(
+        "finetune", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="fine-tune a chosen subnet (its own small HPO) and export it",
+        description=_FINETUNE_HELP,
+        epilog="examples:\n"
+               "  raynas finetune jobs/quickstart.yaml --from-run <search run id>\n"
+               "  raynas finetune jobs/quickstart.yaml --checkpoint outputs/quickstart/"
+               "checkpoint --pareto outputs/quickstart/pareto.parquet --pick 0,1,2\n"
+               "  raynas finetune jobs/quickstart.yaml --from-run <search run id> "
+               "--budget latency_ms<=0.5 --pick all finetune.distill=0.5\n"
+               "  raynas finetune jobs/quickstart.yaml --checkpoint outputs/quickstart/"
+               "checkpoint --arch outputs/quickstart/subnet/arch.json finetune.trials=8")
+    job_args(p)
+    source_args(p, "fine-tune")
+    p.add_argument("--pick", metavar="best|N|N,M,...|all", help="the Pareto points to "
+                   "fine-tune, ordered by latency: 'best' (default: export.pick), indices, or "
+                   "'all'; more than one makes the subnet a dim of the study")
+    p.add_argument("--budget", action="append", default=[], metavar="METRIC<=LIMIT",
+                   help="only Pareto points meeting this budget (repeatable)")
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from raynas.checkpoint import load_checkpoint
+    from raynas.cli.job_commands import _footer, _load_job, _read_arch
+    from raynas.errors import ConfigError
+    from raynas.pipeline import checkpoint_from_run, front_from_run
+    from raynas.pipeline.export import choose, within_budgets
+    from raynas.pipeline.finetune import finetune_stage
+    from raynas.pipeline.job import record_metrics
+    from raynas.search.replay import parse_constraint
+    from raynas.search.results import read_records
+
+    job = _load_job(args)
+    budgets = [parse_constraint(b, "--budget", record_metrics(job.task, job.cfg.latency))
+               for b in args.budget]
+    if args.arch and (args.pick or budgets or args.pareto):
+        raise ConfigError("--arch names the subnet itself; --pick, --budget and --pareto "
+                          "choose among Pareto points: give one or the other")
+    if not args.from_run and not args.checkpoint:
+        raise ConfigError("finetune needs --from-run RUN_ID, or --checkpoint DIR with "
+                          "--pareto FILE or --arch JSON")
+    if args.checkpoint and not (args.arch or args.pareto):
+        raise ConfigError("finetune with --checkpoint needs --pareto FILE or --arch JSON")
+    tmp = Path(tempfile.mkdtemp())
+    if args.arch:
+        points = [{"arch": job.space.validate(_read_arch(args.arch)).to_dict()}]
+    else:
+        if args.pareto and not Path(args.pareto).is_file():
+            raise ConfigError(f"--pareto = {args.pareto!r}: file does not exist")
+        front = (read_records(args.pareto) if args.pareto
+                 else front_from_run(job.tracker, args.from_run, tmp))
+        points = _picked(front, args.pick or job.cfg.export.pick, job, budgets, choose,
+                         within_budgets)
+    checkpoint = (Path(args.checkpoint) if args.checkpoint
+                  else checkpoint_from_run(job.tracker, args.from_run, tmp))
+    # Before any run or folder: a corrupt or foreign checkpoint fails here.
+    load_checkpoint(checkpoint, expected=job.space, weights=job.cfg.weights.model_dump())
+    outcome = finetune_stage(job, checkpoint, points)
+    s = outcome.summary
+    p = job.task.primary.name
+    print(f"[raynas] finetune: {len(outcome.trials)} trials in {outcome.wall_s:.1f} s; "
+          f"subnet {s['arch_key']}: test {p} {s['before'][f'test_{p}']:.4f} before, "
+          f"{s['after'][f'test_{p}']:.4f} after -> {s['export']['directory']}")
+    _footer(job, outcome.run_id)
+    return 0
+
+
+def _picked(front, pick, job, budgets, choose, within_budgets) -> list[dict]:
+    """The Pareto points ``--pick`` names (after ``--budget``): 'best', 'all' or indices."""
+    from raynas.errors import ConfigError
+
+    pick = str(pick)
+    if pick == "all":
+        return within_budgets(front, budgets) if front else choose(front, "best")
+    if pick == "best":
+        return [choose(front, "best", job.objectives, budgets)]
+    try:
+        indices = [int(i) for i in pick.split(",")]
+    except ValueError:
+        raise ConfigError(f"--pick = {pick!r}: use 'best', 'all', an index or indices "
+                          "separated by commas (0,2,5)") from None
+    return [choose(front, i, job.objectives, budgets) for i in indices]

@@ -24,6 +24,7 @@ from raynas.config.schema import (  # noqa: F401 (the package's names)
     EvaluatorConfig,
     ExportConfig,
     FidelityConfig,
+    FinetuneConfig,
     HpoConfig,
     JobConfig,
     LatencyConfig,

@@ -26,11 +26,12 @@ def check_job(cfg: JobConfig, source: str) -> None:
     if lat.model in ("predictor", "flops") and not lat.predictor:
         raise ConfigError(f"{source}: latency.predictor is required when latency.model = "
                           f"{lat.model!r} (fit one with `raynas latency fit TABLE`)")
-    if cfg.hparams:
-        from raynas.hpo.space import parse_hparams
+    from raynas.hpo.finetune import parse_finetune_hparams
+    from raynas.hpo.space import parse_hparams
 
+    for parse in (parse_hparams, parse_finetune_hparams):
         try:
-            parse_hparams(cfg)
+            parse(cfg)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
     if cfg.data.val_fraction + cfg.data.test_fraction >= 0.8:

@@ -321,6 +321,24 @@ class HpoConfig(_Section):
                                     "settings, e.g. {optimizer: NGOpt} for nevergrad")
 
 
+class FinetuneConfig(_Section):
+    """``raynas finetune``: chosen subnets trained on from their inherited weights."""
+
+    epochs: int = Field(3, ge=1, le=1000)
+    lr: float = Field(0.01, gt=0, description="peak learning rate (train.schedule over "
+                      "these epochs, no warm-up)")
+    weight_decay: float = Field(0.0, ge=0)
+    distill: float = Field(0.0, ge=0, le=1, description="weight of distillation from the "
+                           "supernet's largest subnet (KL at temperature); 0: labels only")
+    temperature: float = Field(1.0, gt=0)
+    trials: int = Field(4, ge=1, description="trials of its study (hpo.searcher suggests)")
+    hparams: dict[str, Any] = Field(
+        default_factory=lambda: {"lr": {"type": "float", "low": 1e-3, "high": 0.1,
+                                        "log": True}},
+        description="finetune keys its study searches (epochs, lr, weight_decay, distill, "
+        "temperature), each a dim as in a space file; {} for none")
+
+
 class JobConfig(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     space: str
@@ -346,6 +364,7 @@ class JobConfig(_Section):
         "dim in the space language (float with low, high, log; int; choice), e.g. "
         "{train.lr: {type: float, low: 0.01, high: 0.3, log: true}}")
     hpo: HpoConfig = HpoConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
     base_dir: str = Field(".", description="directory relative paths start from (set by load)")
 
     @property

@@ -67,10 +67,13 @@ def _check(name: str, reference: torch.Tensor, got: torch.Tensor, atol: float,
 def export_subnet(supernet: nn.Module, static: nn.Module, space: SearchSpace, arch: Arch,
                   batch: Mapping[str, torch.Tensor], directory: str | Path,
                   formats: tuple[str, ...] = ("torchscript", "onnx"),
-                  atol: float = 1e-4, task: Task | None = None) -> ExportResult:
+                  atol: float = 1e-4, task: Task | None = None,
+                  reference: nn.Module | None = None) -> ExportResult:
     """Save ``static`` (extracted from ``supernet`` set to ``arch``) in every format and
     check each against the supernet's own output on ``batch`` (real samples: a mapping of
     named tensors with at least the task's inputs). Everything runs on the CPU.
+    ``reference``: the model every format must match instead of the supernet (a fine-tuned
+    subnet's own weights, which the supernet no longer computes).
 
     The TorchScript and ONNX models take the task's named inputs (``images``; ``tokens``
     and ``lengths``...), with the batch axis, and a time axis where lengths vary, dynamic.
@@ -86,8 +89,11 @@ def export_subnet(supernet: nn.Module, static: nn.Module, space: SearchSpace, ar
     inputs = tuple(batch[k].cpu() for k in task.input_names)
     with torch.no_grad():
         supernet.set_arch(arch)
-        reference = supernet(*inputs)
-        _check("static", reference, static(*inputs), atol, result.checks)
+        if reference is None:
+            expected = supernet(*inputs)
+            _check("static", expected, static(*inputs), atol, result.checks)
+        else:
+            expected = reference.to("cpu").eval()(*inputs)
     result.sparsity = subnet_sparsity(active_net(supernet))
 
     (directory / "arch.json").write_text(json.dumps(
@@ -97,7 +103,7 @@ def export_subnet(supernet: nn.Module, static: nn.Module, space: SearchSpace, ar
     torch.save(static.state_dict(), directory / "model.pt")
     result.files["state_dict"] = "model.pt"
     with torch.no_grad():
-        _check("state_dict", reference, load_subnet(directory)(*inputs), atol, result.checks)
+        _check("state_dict", expected, load_subnet(directory)(*inputs), atol, result.checks)
 
     first = tuple(t[:1] for t in inputs)
     if "torchscript" in formats:
@@ -107,7 +113,7 @@ def export_subnet(supernet: nn.Module, static: nn.Module, space: SearchSpace, ar
             traced = torch.jit.trace(static, first)
         traced.save(str(path))
         with torch.no_grad():
-            _check("torchscript", reference, torch.jit.load(str(path))(*inputs), atol,
+            _check("torchscript", expected, torch.jit.load(str(path))(*inputs), atol,
                    result.checks)
         result.files["torchscript"] = path.name
     if "onnx" in formats:
@@ -118,7 +124,7 @@ def export_subnet(supernet: nn.Module, static: nn.Module, space: SearchSpace, ar
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
         (out,) = session.run(None, feed)
-        _check("onnx", reference, torch.from_numpy(out), atol, result.checks)
+        _check("onnx", expected, torch.from_numpy(out), atol, result.checks)
         result.files["onnx"] = path.name
     report = {"arch_key": arch.key, "max_abs_diff": result.checks, "atol": atol,
               "files": result.files, "checked_on": {k: list(t.shape) for k, t in

@@ -130,9 +130,10 @@ class _Tracking(tune.Callback):
     report."""
 
     def __init__(self, key: str, job, parent_id: str | None, runs: dict[str, str],
-                 metric: str, epochs: int, on_change):
+                 metric: str, epochs: int, on_change, stage: str = "tune"):
         self.key, self.job, self.parent_id, self.runs = key, job, parent_id, runs
         self.metric, self.epochs, self.on_change = metric, epochs, on_change
+        self.stage = stage  # of the study's run: each trial's is "<stage>-trial"
         self.trackers: dict[str, Any] = {}
 
     def __reduce__(self):
@@ -146,7 +147,7 @@ class _Tracking(tune.Callback):
         tid = trial.trial_id
         if tid not in self.trackers and isinstance(self.job.tracker, MlflowTracker):
             tracker = MlflowTracker(self.job.tracker.uri, self.job.cfg.experiment_name)
-            tags = {"raynas.stage": "tune-trial", "raynas.job": self.job.cfg.name,
+            tags = {"raynas.stage": f"{self.stage}-trial", "raynas.job": self.job.cfg.name,
                     "raynas.trial": tid}
             # A Ctrl-C can land between creating a trial's run and noting it in the job
             # state: on --resume the run is then found by its tags, not made twice.
@@ -177,7 +178,8 @@ class _Tracking(tune.Callback):
         hp = ", ".join(f"{k}={_short(v)}" for k, v in config.items())
         note = (f", continued from a checkpoint at epoch {int(result['restored_at_epoch'])}"
                 if "restored_at_epoch" in result else "")
-        say(f"tune: trial {trial.trial_id} epoch {int(result[EPOCHS])}/{self.epochs}  "
+        epochs = config.get("epochs", self.epochs)  # a finetune trial's own
+        say(f"{self.stage}: trial {trial.trial_id} epoch {int(result[EPOCHS])}/{epochs}  "
             f"{self.metric} {result[self.metric]:.4f}  ({hp}{note})")
 
     def _end(self, trial, status: str) -> None:

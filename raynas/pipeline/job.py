@@ -101,8 +101,9 @@ class Job:
                     self._in_ray = False
 
     def resource_requests(self, stages: tuple[str, ...] | list[str]) -> list[Request]:
-        """What the named stages (``train``, ``search``, ``export``, ``profile``) ask Ray
-        for, in the job's terms (see ``raynas.runtime.check_placeable``)."""
+        """What the named stages (``train``, ``search``, ``fidelity``, ``finetune``,
+        ``export``, ``profile``) ask Ray for, in the job's terms (see
+        ``raynas.runtime.check_placeable``)."""
         out = []
         if "train" in stages:
             from raynas.training.trainer import train_request
@@ -116,6 +117,10 @@ class Job:
             from raynas.pipeline.fidelity import standalone_request
 
             out.append(standalone_request(self.cfg))
+        if "finetune" in stages:
+            from raynas.pipeline.finetune import finetune_request
+
+            out.append(finetune_request(self.cfg))
         from raynas.latency.remote import meter_request
         from raynas.latency.targets import target_configs
 

@@ -19,7 +19,7 @@ from raynas.search.results import write_records
 from raynas.tracking import NullTracker
 
 SUBCOMMANDS = ["run", "train", "search", "export", "spaces", "latency", "replay", "compare",
-               "ticket", "tune"]
+               "ticket", "tune", "finetune"]
 
 
 class _StubTracker(NullTracker):

@@ -1,0 +1,253 @@
+"""The finetune stage: chosen subnets trained on from the weights they inherited, by a small
+Ray Tune study, and the best one exported like ``raynas export`` does.
+
+The study's space is ``finetune.hparams`` and, with several candidate subnets, the subnet
+itself (``arch``): the searcher (``hpo.searcher``) sees one space. Each trial fine-tunes on
+one CPU (one GPU with ``train.use_gpu``) and reports the validation metrics every epoch; the
+best trial by the task's primary validation metric is exported, checked against its own
+fine-tuned weights, and compared with the same subnet before fine-tuning on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from raynas.pipeline.progress import say
+from raynas.runtime import Request
+
+if TYPE_CHECKING:
+    from raynas.pipeline.job import Job
+
+NAME = "finetune"  # the Tune experiment's folder under the storage path
+
+
+@dataclass
+class FinetuneOutcome:
+    trials: list[dict[str, Any]]
+    best: dict[str, Any]
+    summary: dict[str, Any]
+    run_id: str | None
+    wall_s: float
+
+
+def finetune_request(cfg) -> Request:
+    """What one fine-tuning trial asks Ray for."""
+    gpu = cfg.train.use_gpu
+    return Request(f"a fine-tuning trial: 1 CPU{' and 1 GPU' if gpu else ''}",
+                   ({"CPU": 1.0, "GPU": 1.0 if gpu else 0.0},), "PACK",
+                   "give Ray a GPU, or set train.use_gpu=false" if gpu else
+                   "give Ray more CPUs (ray.num_cpus, or a cluster with ray.address)")
+
+
+def finetune_stage(job: Job, checkpoint, points: list[dict[str, Any]],
+                   parent_id: str | None = None) -> FinetuneOutcome:
+    """Fine-tune the subnets of ``points`` (records with an ``arch``; one or more) and
+    export the best trial's model to ``<output_dir>/subnet``."""
+    import torch
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+    from ray.tune.search import BasicVariantGenerator
+
+    from raynas.evaluation.actor import evaluator_args
+    from raynas.evaluation.evaluator import Evaluator
+    from raynas.hpo.finetune import ARCH, KEYS, finetune_trial, parse_finetune_hparams
+    from raynas.hpo.space import tune_space
+    from raynas.hpo.study import _LIVE, _Tracking, build_searcher
+
+    cfg, space, task = job.cfg, job.space, job.task
+    ft = cfg.finetune
+    dims = parse_finetune_hparams(cfg)
+    archs = {}
+    for p in points:
+        arch = space.validate(p["arch"])
+        archs.setdefault(arch.key, arch)
+    metric, mode = f"val_{task.primary.name}", task.primary.goal
+    param_space = tune_space(dims)
+    if len(archs) > 1:
+        param_space[ARCH] = tune.choice(list(archs))
+    trials = ft.trials if param_space else 1
+    teach = ft.distill > 0 or any(d.name == "distill" for d in dims)
+    args = {**evaluator_args(cfg, checkpoint, space), "objectives": ()}  # the whole val split
+    gpu = cfg.train.use_gpu
+    defaults = {k: getattr(ft, k) for k in KEYS}
+    t0 = time.perf_counter()
+    with job.stage_run("finetune", parent_id) as run_id:
+        if parent_id is None:
+            job.log_config()
+        evaluator = Evaluator(**args)
+        candidates, before = {}, {}
+        for key, arch in archs.items():  # BN recalibrated as for the search
+            static = evaluator.prepare(arch)
+            before[key] = evaluator.score(arch, static)
+            candidates[key] = {"arch": arch.to_dict(),
+                               "state": {k: v.cpu() for k, v in static.state_dict().items()}}
+        teacher = None
+        if teach:
+            big = space.largest()
+            teacher = {"arch": big.to_dict(), "state": evaluator.prepare(big).cpu().state_dict()}
+        job.tracker.log_params({"finetune.candidates": ", ".join(archs),
+                                "finetune.metric": metric})
+        say(f"finetune: {trials} trial{'s' * (trials > 1)} over "
+            f"{', '.join(param_space) or 'no hyperparameter'}"
+            f" ({len(archs)} candidate subnet{'s' * (len(archs) > 1)}); "
+            f"{cfg.hpo.searcher if param_space else 'the finetune defaults'}, judged by "
+            f"{metric}; before: " + ", ".join(f"{k} {before[k][task.primary.name]:.4f}"
+                                              for k in archs))
+        if dims or len(archs) > 1:
+            searcher = build_searcher(cfg.model_copy(update={"hpo": cfg.hpo.model_copy(
+                update={"trials": trials})}), metric, mode)
+        else:
+            searcher = BasicVariantGenerator(random_state=cfg.seed)
+        trainable = tune.with_resources(tune.with_parameters(
+            finetune_trial, space=space.to_dict(), candidates=candidates, teacher=teacher,
+            defaults=defaults, train=cfg.train.model_dump(mode="json"), data=args["data"],
+            task=args["task"], seed=cfg.seed, device="cuda" if gpu else "cpu"),
+            {"cpu": 1, "gpu": 1 if gpu else 0})
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        key = f"{cfg.storage_path}/{NAME}"
+        runs: dict[str, str] = {}
+        tracking = _LIVE[key] = _Tracking(key, job, run_id, runs, metric, ft.epochs,
+                                          lambda: None, stage="finetune")
+        with job.ray("finetune"):
+            tuner = tune.Tuner(
+                trainable, param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher, num_samples=trials,
+                    max_concurrent_trials=cfg.hpo.max_concurrent_trials,
+                    trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
+                run_config=tune.RunConfig(name=NAME, storage_path=cfg.storage_path, verbose=0,
+                                          callbacks=[tracking, JsonLoggerCallback()]))
+            try:
+                grid = tuner.fit()
+            finally:
+                _LIVE.pop(key, None)
+        rows = _trials(grid, metric, runs, next(iter(archs)))
+        done = [t for t in rows if t["status"] == "completed"]
+        if not done:
+            errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error]
+            raise RuntimeError("no fine-tuning trial completed"
+                               + (f"; first error: {errors[0]}" if errors else ""))
+        best = (max if mode == "max" else min)(done, key=lambda t: t[metric])
+        arch = archs[best["arch_key"]]
+        model = _built(space, arch, best["checkpoint"], torch)
+        summary = _export(job, evaluator, model, arch, before[arch.key], best, rows, metric,
+                          mode, before, time.perf_counter() - t0)
+    return FinetuneOutcome(rows, best, summary, run_id, summary["wall_s"])
+
+
+def _built(space, arch, checkpoint: str, torch):
+    from raynas.supernets import build_static
+
+    model = build_static(space, arch)
+    model.load_state_dict(torch.load(f"{checkpoint}/model.pt", map_location="cpu",
+                                     weights_only=True))
+    return model.eval()
+
+
+def _trials(grid, metric: str, runs: dict[str, str], only: str) -> list[dict[str, Any]]:
+    from raynas.hpo.finetune import ARCH, EPOCHS
+
+    out = []
+    for result in grid:
+        history = result.metrics_dataframe
+        curve = ([] if history is None or metric not in history else
+                 [(int(e), float(v)) for e, v in zip(history[EPOCHS], history[metric])])
+        config = dict(result.config or {})
+        trial_id = result.path.rsplit("trial_", 1)[-1]
+        out.append({"trial_id": trial_id, "config": config,
+                    "arch_key": config.get(ARCH, only),
+                    "status": "completed" if result.checkpoint and not result.error
+                    else "failed",
+                    metric: curve[-1][1] if curve else None, "curve": curve,
+                    "run_id": runs.get(trial_id),
+                    "checkpoint": result.checkpoint.path if result.checkpoint else None,
+                    **({"error": str(result.error).strip().splitlines()[-1]}
+                       if result.error else {})})
+    return out
+
+
+def _export(job: Job, evaluator, model, arch, before: dict[str, Any], best: dict[str, Any],
+            rows: list[dict[str, Any]], metric: str, mode: str, all_before: dict[str, dict],
+            wall_s: float) -> dict[str, Any]:
+    """Score the best trial's model on both splits, export it, write ``finetune.json`` and
+    ``finetune.png``, and log them."""
+    import torch
+
+    from raynas.export.serialize import export_metadata, export_subnet
+    from raynas.hpo.study import _short
+
+    cfg, task = job.cfg, job.task
+    names = [m.name for m in task.metrics]
+    model.to(evaluator.device)
+    val = task.evaluate(model, evaluator.val_batches, evaluator.device)
+    test = task.evaluate(model, evaluator.test_batches, evaluator.device)
+    result = export_subnet(evaluator.supernet, model, job.space, arch,
+                           evaluator.example_batch(256), job.out / "subnet",
+                           cfg.export.formats, cfg.export.atol, task=task, reference=model)
+    after = {**{f"val_{k}": val[k] for k in names}, **{f"test_{k}": test[k] for k in names}}
+    inherited = {**{f"val_{k}": before[k] for k in names},
+                 **{f"test_{k}": before[f"test_{k}"] for k in names}}
+    summary = {
+        "metric": metric, "mode": mode, "wall_s": wall_s, "arch_key": arch.key,
+        "arch": arch.to_dict(), "best": {k: best[k] for k in ("trial_id", "config", metric,
+                                                               "run_id")},
+        "before": inherited, "after": after,
+        "latency_ms": before["latency_ms"], "flops": before["flops"],
+        "params": before["params"],
+        "candidates": {k: {m: r[m] for m in names} | {f"test_{m}": r[f"test_{m}"]
+                                                       for m in names}
+                       for k, r in all_before.items()},
+        "trials": rows, "export": export_metadata(result),
+    }
+    (job.out / "finetune.json").write_text(json.dumps(summary, indent=2, default=str))
+    _plot(job, rows, best, metric, all_before)
+    tracker = job.tracker
+    tracker.log_params({"arch_key": arch.key, "arch": arch.to_json(),
+                        **{f"best.{k}": v for k, v in best["config"].items()}})
+    tracker.log_metrics({**after, **{f"{k}_before": v for k, v in inherited.items()},
+                         "latency_ms": before["latency_ms"], "flops": before["flops"],
+                         "params": before["params"], "wall_s": wall_s,
+                         **{f"max_abs_diff_{k}": v for k, v in result.checks.items()}})
+    tracker.log_artifacts(result.directory, "subnet")
+    for name in ("finetune.json", "finetune.png"):
+        tracker.log_artifact(job.out / name)
+    if "torchscript" in result.files:
+        ins = task.input_names
+        example = evaluator.example_batch(1)
+        tracker.log_model(torch.jit.load(str(result.directory / result.files["torchscript"])),
+                          "exported_subnet", example[ins[0]].numpy() if len(ins) == 1 else None)
+    p = task.primary.name
+    say(f"finetune: subnet {arch.key} -> {result.directory}  test {p} "
+        f"{inherited[f'test_{p}']:.4f} -> {after[f'test_{p}']:.4f} (val "
+        f"{inherited[f'val_{p}']:.4f} -> {after[f'val_{p}']:.4f}); trial {best['trial_id']} "
+        f"({', '.join(f'{k}={_short(v)}' for k, v in best['config'].items()) or 'defaults'}); "
+        f"formats {', '.join(result.files)} match it (max |diff| "
+        f"{max(result.checks.values()):.2g})")
+    return summary
+
+
+def _plot(job: Job, rows, best, metric: str, before: dict[str, dict]) -> None:
+    """The validation metric of every trial over its epochs (the best in red), each
+    candidate's value before fine-tuning at epoch 0."""
+    from raynas.search.plot import figure, save
+
+    name = metric.removeprefix("val_")
+    fig, ax = figure()
+    for t in rows:
+        if not t["curve"]:
+            continue
+        xs, ys = zip(*[(0, before[t["arch_key"]][name]), *t["curve"]])
+        is_best = t["trial_id"] == best["trial_id"]
+        ax.plot(xs, ys, marker="o", ms=3, color="tab:red" if is_best else "grey",
+                alpha=1.0 if is_best else 0.5, zorder=3 if is_best else 2,
+                label=f"best: trial {t['trial_id']}" if is_best else None)
+    ax.set_xlabel("fine-tuning epoch (0: the weights inherited from the supernet)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{job.cfg.name}: fine-tuning, {len(rows)} trials")
+    ax.legend(loc="best")
+    save(fig, job.out / "finetune.png")
