@@ -26,7 +26,7 @@ from ray.tune.logger import JsonLoggerCallback
 from raynas.errors import ConfigError
 from raynas.hpo.probes import probe_archs
 from raynas.hpo.space import best_job_doc, parse_hparams, trial_doc, tune_space
-from raynas.hpo.trial import EPOCHS, hpo_trial
+from raynas.hpo.trial import EPOCHS, NODES, hpo_trial
 from raynas.pipeline.progress import say
 from raynas.space.dims import Choice
 
@@ -175,6 +175,8 @@ class _Tracking(tune.Callback):
             numbers.update({f"hp.{k}": v for k, v in config.items()
                             if isinstance(v, int | float)})
             tracker.log_metrics(numbers, step=int(result[EPOCHS]))
+            if result.get(NODES):
+                tracker.set_tags({"raynas.train_nodes": result[NODES]})
         hp = ", ".join(f"{k}={_short(v)}" for k, v in config.items())
         note = (f", continued from a checkpoint at epoch {int(result['restored_at_epoch'])}"
                 if "restored_at_epoch" in result else "")

@@ -27,6 +27,8 @@ from ray.train import UserCallback
 # The metric a study's scheduler counts epochs with (Tune's own iteration count restarts
 # with each trial restart; the epoch comes from the checkpoint).
 EPOCHS = "epochs_done"
+# The node ids of a trial's Ray Train workers, reported with each attempt's first epoch.
+NODES = "train_nodes"
 
 
 class TuneRelay(UserCallback):
@@ -96,8 +98,11 @@ def hpo_trial(config: dict[str, Any], *, job_doc: dict[str, Any], base_dir: str,
             if done.is_set() and queue.empty():
                 break
             continue
+        nodes = metrics.get("nodes")  # where the Train workers run, with each attempt's first
         metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         metrics[EPOCHS] = int(metrics["epoch"]) + 1
+        if nodes:
+            metrics[NODES] = ",".join(nodes)
         if done_at_restore is not None:  # the first report after a restore says so
             metrics["restored_at_epoch"], done_at_restore = done_at_restore, None
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint(checkpoint.path,

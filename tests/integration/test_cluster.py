@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -433,3 +434,38 @@ def test_an_idle_node_leaving_and_joining_does_not_break_a_search(
             cluster.remove_node("spare")
     rows = _rows(out / "evaluations.parquet")
     assert len(rows) == 120 and len({r["arch_key"] for r in rows}) == 120
+
+
+# ---- a study on the cluster ----------------------------------------------------------------
+def test_tune_trials_train_side_by_side_each_spread_over_the_nodes(
+        cluster, mlflow_server, client, tmp_path):
+    """`raynas tune` joining the cluster: two trials at once (2 workers each, SPREAD: 4 of the
+    cluster's 5 CPUs), each trial's Ray Train run on both nodes, each tracked as a child run
+    of the study on the MLflow server."""
+    out, log = tmp_path / "out", tmp_path / "tune.log"
+    proc = _raynas(cluster, mlflow_server,
+                   ["tune", str(ROOT / "jobs" / "tune_quickstart.yaml"), "name=tune_cluster",
+                    "train.epochs=3", "train.num_workers=2", "train.placement_strategy=SPREAD",
+                    "hpo.trials=2", "hpo.max_concurrent_trials=2", "hpo.scheduler=fifo",
+                    "--output-dir", str(out)], log)
+    # Side by side: both trials' worker groups (2 bundles of 1 CPU, on the two nodes) placed
+    # at the same time.
+    most, deadline = 0, time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        groups = [g for g in cluster.list("placement_groups") if g["state"] == "CREATED"
+                  and len(g["bundles"]) == 2 and len({b["node_id"] for b in g["bundles"]}) == 2
+                  and all(b["unit_resources"].get("CPU") == 1 for b in g["bundles"])]
+        most = max(most, len(groups))
+        time.sleep(0.5)
+    _finish(proc, log, timeout=30)
+    assert most == 2, "the two trials never trained at the same time"
+    trials = json.loads((out / "tune.json").read_text())["trials"]
+    assert [t["status"] for t in trials] == ["completed", "completed"], trials
+    (parent,) = _runs(client, "tune_cluster", "tune")
+    children = _runs(client, "tune_cluster", "tune-trial")
+    assert len(children) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    for run in children:  # where each trial's Train workers ran: one on each node
+        assert set(run.data.tags["raynas.train_nodes"].split(",")) == set(
+            cluster.node_ids.values()), run.data.tags
+        assert _steps(client, run.info.run_id, "val_accuracy_probes") == [1, 2, 3]
