@@ -222,6 +222,11 @@ def _export(job: Job, evaluator, model, arch, before: dict[str, Any], best: dict
         tracker.log_model(torch.jit.load(str(result.directory / result.files["torchscript"])),
                           "exported_subnet", example[ins[0]].numpy() if len(ins) == 1 else None)
     p = task.primary.name
+    gained = val[p] - before[p] if task.primary.goal == "max" else before[p] - val[p]
+    if gained <= 0:
+        say(f"finetune: note: no trial beat the inherited weights on validation ({metric} "
+            f"{before[p]:.4f} before, {val[p]:.4f} for the best trial); the best trial is "
+            "exported all the same, and `raynas export` exports the inherited weights")
     say(f"finetune: subnet {arch.key} -> {result.directory}  test {p} "
         f"{inherited[f'test_{p}']:.4f} -> {after[f'test_{p}']:.4f} (val "
         f"{inherited[f'val_{p}']:.4f} -> {after[f'val_{p}']:.4f}); trial {best['trial_id']} "
