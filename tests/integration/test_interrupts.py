@@ -140,7 +140,11 @@ def test_ctrl_c_mid_training_stops_in_seconds_and_resume_finishes_the_job(tmp_pa
             proc.kill()
     text = log.read_text()
     assert rc == 130, text[-4000:]
-    assert took < 10, f"exited {took:.1f} s after Ctrl-C"
+    # Stops now rather than finishing the job (19 more epochs, a search and an export: over
+    # 40 s alone, minutes beside the suite). Alone it exited 3.1-3.4 s after the signal (1.5 s
+    # to end the runs and Ray, 1.6 s of Python's own exit); beside the suite's other worker
+    # it once took 10.8 s, so 10 s was a bound on the machine's load, not on raynas.
+    assert took < 20, f"exited {took:.1f} s after Ctrl-C"
     assert "raynas: interrupted" in text and "--resume" in text
     state = _state(out)
     assert state["train"]["status"] == "interrupted" and state["status"] == "interrupted"
