@@ -19,7 +19,9 @@ def test_finetune_searches_subnet_and_learning_rate_and_exports_the_best(smoke_r
     out = cwd / "finetune-out"
     proc = run_cli(["finetune", str(SMOKE), "--checkpoint", str(smoke_run["out"] / "checkpoint"),
                     "--pareto", str(smoke_run["out"] / "pareto.parquet"), "--pick", "0,1",
-                    "--output-dir", str(out), "finetune.trials=3", "finetune.epochs=2"],
+                    "--output-dir", str(out), "finetune.trials=3", "finetune.epochs=2",
+                    # its own experiment: the smoke experiment's runs table is another test's
+                    "tracking.experiment=smoke-finetune"],
                    cwd, uri)
     summary = json.loads((out / "finetune.json").read_text())
     trials = summary["trials"]
@@ -62,7 +64,7 @@ def test_finetune_searches_subnet_and_learning_rate_and_exports_the_best(smoke_r
     assert "finetune: trial" in proc.stdout and "before," in proc.stdout
 
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("smoke")
+    exp = client.get_experiment_by_name("smoke-finetune")
     parent = next(r for r in client.search_runs([exp.experiment_id])
                   if r.data.tags.get("raynas.stage") == "finetune")
     assert parent.data.metrics["test_accuracy"] == after["test_accuracy"]
