@@ -117,7 +117,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from raynas.cli.job_commands import _footer, _load_job, _read_arch
     from raynas.errors import ConfigError
     from raynas.pipeline import checkpoint_from_run, front_from_run
-    from raynas.pipeline.export import choose, within_budgets
     from raynas.pipeline.finetune import finetune_stage
     from raynas.pipeline.job import record_metrics
     from raynas.search.replay import parse_constraint
@@ -142,8 +141,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             raise ConfigError(f"--pareto = {args.pareto!r}: file does not exist")
         front = (read_records(args.pareto) if args.pareto
                  else front_from_run(job.tracker, args.from_run, tmp))
-        points = _picked(front, args.pick or job.cfg.export.pick, job, budgets, choose,
-                         within_budgets)
+        points = _picked(front, args.pick or job.cfg.export.pick, job, budgets)
     checkpoint = (Path(args.checkpoint) if args.checkpoint
                   else checkpoint_from_run(job.tracker, args.from_run, tmp))
     # Before any run or folder: a corrupt or foreign checkpoint fails here.
@@ -158,15 +156,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _picked(front, pick, job, budgets, choose, within_budgets) -> list[dict]:
+def _picked(front, pick, job, budgets) -> list[dict]:
     """The Pareto points ``--pick`` names (after ``--budget``): 'best', 'all' or indices."""
     from raynas.errors import ConfigError
+    from raynas.pipeline.export import choose, within_budgets
 
     pick = str(pick)
-    if pick == "all":
-        return within_budgets(front, budgets) if front else choose(front, "best")
-    if pick == "best":
-        return [choose(front, "best", job.objectives, budgets)]
+    if pick in ("best", "all"):
+        best = choose(front, "best", job.objectives, budgets)  # an empty front: its error
+        return within_budgets(front, budgets) if pick == "all" else [best]
     try:
         indices = [int(i) for i in pick.split(",")]
     except ValueError:

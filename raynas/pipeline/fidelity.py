@@ -55,11 +55,12 @@ def cache_dir(cfg: JobConfig) -> Path:
     return cfg.out_dir.parent / "fidelity-cache"
 
 
-def standalone_request(cfg: JobConfig) -> Request:
-    """What one standalone training (a Tune trial) asks Ray for, to refuse it up front when
-    it can never be placed."""
+def standalone_request(cfg: JobConfig, what: str = "a standalone training of fidelity"
+                       ) -> Request:
+    """What one training in a Tune trial (fidelity's standalone one, a fine-tuning trial)
+    asks Ray for, to refuse it up front when it can never be placed."""
     gpu = cfg.train.use_gpu
-    return Request(f"a standalone training of fidelity: 1 CPU{' and 1 GPU' if gpu else ''}",
+    return Request(f"{what}: 1 CPU{' and 1 GPU' if gpu else ''}",
                    ({"CPU": 1.0, "GPU": 1.0 if gpu else 0.0},), "PACK",
                    "give Ray a GPU, or set train.use_gpu=false" if gpu else
                    "give Ray more CPUs (ray.num_cpus, or a cluster with ray.address)")

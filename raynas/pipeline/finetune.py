@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from raynas.pipeline.progress import say
-from raynas.runtime import Request
 
 if TYPE_CHECKING:
     from raynas.pipeline.job import Job
@@ -34,20 +33,10 @@ class FinetuneOutcome:
     wall_s: float
 
 
-def finetune_request(cfg) -> Request:
-    """What one fine-tuning trial asks Ray for."""
-    gpu = cfg.train.use_gpu
-    return Request(f"a fine-tuning trial: 1 CPU{' and 1 GPU' if gpu else ''}",
-                   ({"CPU": 1.0, "GPU": 1.0 if gpu else 0.0},), "PACK",
-                   "give Ray a GPU, or set train.use_gpu=false" if gpu else
-                   "give Ray more CPUs (ray.num_cpus, or a cluster with ray.address)")
-
-
 def finetune_stage(job: Job, checkpoint, points: list[dict[str, Any]],
                    parent_id: str | None = None) -> FinetuneOutcome:
     """Fine-tune the subnets of ``points`` (records with an ``arch``; one or more) and
     export the best trial's model to ``<output_dir>/subnet``."""
-    import torch
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.search import BasicVariantGenerator
@@ -134,13 +123,16 @@ def finetune_stage(job: Job, checkpoint, points: list[dict[str, Any]],
                                + (f"; first error: {errors[0]}" if errors else ""))
         best = (max if mode == "max" else min)(done, key=lambda t: t[metric])
         arch = archs[best["arch_key"]]
-        model = _built(space, arch, best["checkpoint"], torch)
+        model = _built(space, arch, best["checkpoint"])
         summary = _export(job, evaluator, model, arch, before[arch.key], best, rows, metric,
                           mode, before, time.perf_counter() - t0)
     return FinetuneOutcome(rows, best, summary, run_id, summary["wall_s"])
 
 
-def _built(space, arch, checkpoint: str, torch):
+def _built(space, arch, checkpoint: str):
+    """The best trial's fine-tuned model, from its Tune checkpoint (on the CPU)."""
+    import torch
+
     from raynas.supernets import build_static
 
     model = build_static(space, arch)

@@ -118,9 +118,9 @@ class Job:
 
             out.append(standalone_request(self.cfg))
         if "finetune" in stages:
-            from raynas.pipeline.finetune import finetune_request
+            from raynas.pipeline.fidelity import standalone_request
 
-            out.append(finetune_request(self.cfg))
+            out.append(standalone_request(self.cfg, "a fine-tuning trial"))
         from raynas.latency.remote import meter_request
         from raynas.latency.targets import target_configs
 
