@@ -232,6 +232,14 @@ class Evaluator:
         self.supernet.eval()
         return extract(self.supernet, self.space, arch).to(self.device)
 
+    def inherit(self, arch: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The record of ``arch`` (as ``evaluate`` gives it) and the state dict, on the CPU,
+        of its static subnet: the weights it inherits, BN recalibrated as it was scored
+        (what ``raynas finetune`` trains on from)."""
+        (record,) = self.evaluate([arch])
+        static = self.prepare(self.space.validate(arch))
+        return record, {k: v.cpu() for k, v in static.state_dict().items()}
+
     def example_batch(self, n: int = 256) -> dict[str, torch.Tensor]:
         """Up to ``n`` test samples on the CPU (export checks run on real inputs)."""
         return next(iter(make_loader(self.data.test, n)))

@@ -130,3 +130,44 @@ def tune_space(dims) -> dict[str, Any]:
         else:
             out[d.name] = (tune.loguniform if d.log else tune.uniform)(d.low, d.high)
     return out
+
+
+ARCH_PREFIX = "arch."  # a joint space's architecture dims: arch.<dim>, arch.<dim>.<slot>
+
+
+def arch_tune_space(space) -> dict[str, Any]:
+    """Ray Tune dims of ``space``'s architecture, for a study that searches the subnet with
+    its hyperparameters: ``arch.<dim>`` per dim and ``arch.<dim>.<i>`` per layer slot of a
+    per-layer dim (every possible layer: the searcher sees a fixed-dimensional space; the
+    subnet keeps the first ``depth`` of them, see ``arch_of``)."""
+    from ray import tune
+
+    from raynas.space import PerLayer
+
+    out = {ARCH_PREFIX + k: v for k, v in
+           tune_space([d for d in space.dims if not isinstance(d, PerLayer)]).items()}
+    for d in space.dims:
+        if isinstance(d, PerLayer):
+            out.update({f"{ARCH_PREFIX}{d.name}.{i}": tune.choice(list(d.values))
+                        for i in range(d.max_len)})
+    return out
+
+
+def arch_of(space, config: Mapping[str, Any]):
+    """The subnet a trial's ``arch.*`` values name (validated against ``space``)."""
+    from raynas.space import PerLayer
+
+    def value(key: str) -> Any:  # a searcher may draw numpy scalars
+        v = config[key]
+        return v.item() if hasattr(v, "item") else v
+
+    values = {d.name: value(ARCH_PREFIX + d.name) for d in space.dims
+              if not isinstance(d, PerLayer)}
+    for d in space.dims:
+        if isinstance(d, PerLayer):
+            values[d.name] = [value(f"{ARCH_PREFIX}{d.name}.{i}")
+                              for i in range(int(values[d.depth]))]
+    return space.validate(values)
+# A trial's reported ``violation.<metric>``: how far its subnet is over a budget on that
+# metric, (value - limit) / limit; > 0 breaks it (see ``raynas.hpo.constrained``).
+VIOLATION = "violation."

@@ -25,7 +25,14 @@ from ray.tune.logger import JsonLoggerCallback
 
 from raynas.errors import ConfigError
 from raynas.hpo.probes import probe_archs
-from raynas.hpo.space import best_job_doc, parse_hparams, trial_doc, tune_space
+from raynas.hpo.space import (
+    ARCH_PREFIX,
+    VIOLATION,
+    best_job_doc,
+    parse_hparams,
+    trial_doc,
+    tune_space,
+)
 from raynas.hpo.trial import EPOCHS, NODES, hpo_trial
 from raynas.pipeline.progress import say
 from raynas.space.dims import Choice
@@ -82,22 +89,25 @@ def clamp(config: dict[str, Any], dims) -> dict[str, Any]:
 
 
 def build_searcher(cfg, metric: str, mode: str):
-    """Tune's search algorithm for ``hpo.searcher``, seeded by the job's seed."""
+    """Tune's search algorithm for ``hpo.searcher``, seeded by the job's seed (Optuna and
+    Nevergrad also told the budget violations a trial reports: ``raynas.hpo.constrained``)."""
     options = dict(cfg.hpo.options)
     if cfg.hpo.searcher == "optuna_tpe":
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
+
+        from raynas.hpo.constrained import ConstrainedOptunaSearch
 
         try:
             sampler = optuna.samplers.TPESampler(seed=cfg.seed, **options)
         except TypeError as exc:
             raise ConfigError(f"hpo.options = {options!r}: TPESampler refuses them: "
                               f"{exc}") from None
-        return OptunaSearch(metric=metric, mode=mode, sampler=sampler)
+        return ConstrainedOptunaSearch(metric=metric, mode=mode, sampler=sampler)
     if cfg.hpo.searcher == "nevergrad":
         import nevergrad as ng
         import numpy as np
-        from ray.tune.search.nevergrad import NevergradSearch
+
+        from raynas.hpo.constrained import ConstrainedNevergradSearch
 
         name = options.pop("optimizer", "NGOpt")
         if name not in ng.optimizers.registry or options:
@@ -105,7 +115,7 @@ def build_searcher(cfg, metric: str, mode: str):
                               "{optimizer: NAME}, a name of nevergrad's registry (e.g. NGOpt, "
                               "TwoPointsDE, CMA)")
         np.random.seed(cfg.seed)  # nevergrad seeds its parametrization from numpy's state
-        return NevergradSearch(optimizer=ng.optimizers.registry[name],
+        return ConstrainedNevergradSearch(optimizer=ng.optimizers.registry[name],
                                optimizer_kwargs={"budget": cfg.hpo.trials},
                                metric=metric, mode=mode)
     if options:
@@ -177,7 +187,16 @@ class _Tracking(tune.Callback):
             tracker.log_metrics(numbers, step=int(result[EPOCHS]))
             if result.get(NODES):
                 tracker.set_tags({"raynas.train_nodes": result[NODES]})
-        hp = ", ".join(f"{k}={_short(v)}" for k, v in config.items())
+        # A drawn subnet (arch.* values) shows as its key, which the trial reports.
+        hp = ", ".join([f"{k}={_short(v)}" for k, v in config.items()
+                        if not k.startswith(ARCH_PREFIX)]
+                       + ([f"subnet {result['arch_key']}"] if "arch_key" in result else []))
+        if result.get("feasible") == 0:
+            over = ", ".join(f"{k.removeprefix(VIOLATION)} {v:+.0%}" for k, v in result.items()
+                             if k.startswith(VIOLATION) and v > 0)
+            say(f"{self.stage}: trial {trial.trial_id} ({hp}): over budget ({over} of the "
+                f"limit); not trained")
+            return
         note = (f", continued from a checkpoint at epoch {int(result['restored_at_epoch'])}"
                 if "restored_at_epoch" in result else "")
         epochs = config.get("epochs", self.epochs)  # a finetune trial's own

@@ -148,3 +148,26 @@ def test_data_batch_size_sets_the_evaluation_batches(tiny_checkpoint, tiny_space
     a, b = small.evaluate([arch.to_dict()])[0], big.evaluate([arch.to_dict()])[0]
     assert a["accuracy"] == pytest.approx(b["accuracy"])
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_inherit_gives_the_scored_subnets_weights(evaluator, tiny_space):
+    """The state ``inherit`` hands a fine-tuning trial is the subnet the record scored: a
+    static model built from it computes what the supernet computes for that arch (its
+    weights and recalibrated BN statistics), and its validation accuracy is the record's."""
+    from raynas.supernets import build_static
+
+    arch = tiny_space.sample(17)
+    record, state = evaluator.inherit(arch.to_dict())
+    assert record == evaluator.evaluate([arch])[0]
+    assert all(v.device.type == "cpu" for v in state.values())
+    model = build_static(tiny_space, arch)
+    model.load_state_dict(state)
+    model.eval()
+    val = evaluator.task.evaluate(model, evaluator.val_batches, evaluator.device)
+    assert val["accuracy"] == record["accuracy"]
+    x = evaluator.example_batch(64)["images"]
+    with torch.no_grad():
+        ours = model(x)
+        assert torch.allclose(ours, evaluator.supernet(x), atol=1e-5)  # set to arch
+        fresh = build_static(tiny_space, arch).eval()  # weights of its own
+        assert (ours - fresh(x)).abs().max() > 1e-2
