@@ -81,7 +81,13 @@ from the supernet's largest subnet (finetune.distill, the KL weight). A small Ra
 chooses the values: finetune.hparams (default: lr, log-uniform in [1e-3, 0.1]) over
 finetune.trials trials, suggested by hpo.searcher. With several candidate subnets (--pick
 0,2,5 or --pick all) the subnet is a dim of the same space, so the searcher chooses which
-subnet to deploy and how to fine-tune it together.
+subnet to deploy and how to fine-tune it together. With --search-arch the space holds the
+architecture dims themselves (arch.<dim>, arch.<dim>.<layer>): each trial's subnet comes
+from the shared evaluator actor with its inherited weights and metrics, and one over a
+budget (search.latency_budget_ms, search.constraints, --budget) is not trained; Optuna and
+Nevergrad are told its violation, and rank it below every subnet within the budgets.
+Each trial trains in its own process (1 CPU, or 1 GPU with train.use_gpu), or with
+finetune.num_workers > 1 as a Ray Train run of that many data-parallel workers.
 
 The best trial by validation metric is exported to <output_dir>/subnet like `raynas export`
 (state dict, TorchScript, ONNX, each checked against the fine-tuned weights); finetune.json
@@ -101,14 +107,20 @@ def add_finetune_parser(sub, job_args, source_args) -> None:
                "  raynas finetune jobs/quickstart.yaml --from-run <search run id> "
                "--budget latency_ms<=0.5 --pick all finetune.distill=0.5\n"
                "  raynas finetune jobs/quickstart.yaml --checkpoint outputs/quickstart/"
-               "checkpoint --arch outputs/quickstart/subnet/arch.json finetune.trials=8")
+               "checkpoint --arch outputs/quickstart/subnet/arch.json finetune.trials=8\n"
+               "  raynas finetune jobs/quickstart.yaml --from-run <search run id> "
+               "--search-arch --budget latency_ms<=0.5 finetune.trials=16")
     job_args(p)
     source_args(p, "fine-tune")
     p.add_argument("--pick", metavar="best|N|N,M,...|all", help="the Pareto points to "
                    "fine-tune, ordered by latency: 'best' (default: export.pick), indices, or "
                    "'all'; more than one makes the subnet a dim of the study")
     p.add_argument("--budget", action="append", default=[], metavar="METRIC<=LIMIT",
-                   help="only Pareto points meeting this budget (repeatable)")
+                   help="only Pareto points meeting this budget; with --search-arch, only "
+                   "subnets meeting it are trained (repeatable)")
+    p.add_argument("--search-arch", action="store_true", help="search the space's "
+                   "architecture dims together with finetune.hparams, instead of fine-tuning "
+                   "Pareto points or --arch")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -125,16 +137,23 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     job = _load_job(args)
     budgets = [parse_constraint(b, "--budget", record_metrics(job.task, job.cfg.latency))
                for b in args.budget]
+    if args.search_arch and (args.arch or args.pick or args.pareto):
+        raise ConfigError("--search-arch searches the space for the subnet; --arch, --pick "
+                          "and --pareto name it or choose among Pareto points: give one or "
+                          "the other")
     if args.arch and (args.pick or budgets or args.pareto):
         raise ConfigError("--arch names the subnet itself; --pick, --budget and --pareto "
                           "choose among Pareto points: give one or the other")
     if not args.from_run and not args.checkpoint:
         raise ConfigError("finetune needs --from-run RUN_ID, or --checkpoint DIR with "
-                          "--pareto FILE or --arch JSON")
-    if args.checkpoint and not (args.arch or args.pareto):
-        raise ConfigError("finetune with --checkpoint needs --pareto FILE or --arch JSON")
+                          "--pareto FILE, --arch JSON or --search-arch")
+    if args.checkpoint and not (args.arch or args.pareto or args.search_arch):
+        raise ConfigError("finetune with --checkpoint needs --pareto FILE, --arch JSON or "
+                          "--search-arch")
     tmp = Path(tempfile.mkdtemp())
-    if args.arch:
+    if args.search_arch:
+        points = None
+    elif args.arch:
         points = [{"arch": job.space.validate(_read_arch(args.arch)).to_dict()}]
     else:
         if args.pareto and not Path(args.pareto).is_file():
@@ -146,7 +165,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                   else checkpoint_from_run(job.tracker, args.from_run, tmp))
     # Before any run or folder: a corrupt or foreign checkpoint fails here.
     load_checkpoint(checkpoint, expected=job.space, weights=job.cfg.weights.model_dump())
-    outcome = finetune_stage(job, checkpoint, points)
+    outcome = finetune_stage(job, checkpoint, points,
+                             budgets=budgets if args.search_arch else ())
     s = outcome.summary
     p = job.task.primary.name
     print(f"[raynas] finetune: {len(outcome.trials)} trials in {outcome.wall_s:.1f} s; "

@@ -331,6 +331,9 @@ class FinetuneConfig(_Section):
     distill: float = Field(0.0, ge=0, le=1, description="weight of distillation from the "
                            "supernet's largest subnet (KL at temperature); 0: labels only")
     temperature: float = Field(1.0, gt=0)
+    num_workers: int = Field(1, ge=1, le=64, description=">1: each trial a Ray Train run of that "
+                             "many data-parallel workers (train.cpus_per_worker, use_gpu, "
+                             "placement_strategy); 1: in the trial's own process")
     trials: int = Field(4, ge=1, description="trials of its study (hpo.searcher suggests)")
     hparams: dict[str, Any] = Field(
         default_factory=lambda: {"lr": {"type": "float", "low": 1e-3, "high": 0.1,

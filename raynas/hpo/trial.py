@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,45 @@ class TuneRelay(UserCallback):
             self.queue.put((dict(metrics[0]), checkpoint))
 
 
+def relay_reports(fit: Callable[[list[UserCallback]], Any],
+                  handle: Callable[[dict[str, Any], Any], None], name: str) -> None:
+    """Run ``fit(callbacks)`` (a Ray Train run, given a ``TuneRelay`` to add to its
+    callbacks) in a thread named ``name``, and call ``handle(metrics, checkpoint)`` in this
+    thread for each report it relays (rank 0's metrics, the run's ``ray.train.Checkpoint`` or
+    None), in order, until the run ends; then raise the run's error, if any, here."""
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    box: dict[str, BaseException] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            fit([TuneRelay(queue)])
+        except BaseException as exc:  # raised in the caller's thread below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    while True:
+        try:
+            metrics, checkpoint = queue.get(timeout=0.5)
+        except Empty:
+            if done.is_set() and queue.empty():
+                break
+            continue
+        handle(metrics, checkpoint)
+    if "error" in box:
+        raise box["error"]
+
+
 def hpo_trial(config: dict[str, Any], *, job_doc: dict[str, Any], base_dir: str,
               probes: list[dict[str, Any]], storage: str) -> None:
     """The Tune function trainable: ``config`` maps dotted job keys to this trial's values;
     ``job_doc`` is the study's resolved job (``raynas.hpo.space.trial_doc``), ``storage``
     where the trials' Train runs go (a folder each)."""
     import ray.tune
-    from ray.util.queue import Empty, Queue
 
     from raynas.checkpoint import load_checkpoint
     from raynas.config import _merge, build_config
@@ -77,27 +110,12 @@ def hpo_trial(config: dict[str, Any], *, job_doc: dict[str, Any], base_dir: str,
     cfg = build_config(doc, f"trial {trial_id}", base_dir=base_dir)
     space = load_space(cfg.space, base=Path(cfg.base_dir))
 
-    queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    box: dict[str, BaseException] = {}
-    done = threading.Event()
+    def fit(callbacks: list[UserCallback]) -> None:
+        train_supernet(cfg, space, name=f"run-{uuid.uuid4().hex[:8]}", probes=probes,
+                       callbacks=callbacks)
 
-    def fit() -> None:
-        try:
-            train_supernet(cfg, space, name=f"run-{uuid.uuid4().hex[:8]}", probes=probes,
-                           callbacks=[TuneRelay(queue)])
-        except BaseException as exc:  # raised in the trial's thread below
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=fit, name="raynas-trial-train", daemon=True).start()
-    while True:
-        try:
-            metrics, checkpoint = queue.get(timeout=0.5)
-        except Empty:
-            if done.is_set() and queue.empty():
-                break
-            continue
+    def relay(metrics: dict[str, Any], checkpoint) -> None:
+        nonlocal done_at_restore
         nodes = metrics.get("nodes")  # where the Train workers run, with each attempt's first
         metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         metrics[EPOCHS] = int(metrics["epoch"]) + 1
@@ -107,6 +125,8 @@ def hpo_trial(config: dict[str, Any], *, job_doc: dict[str, Any], base_dir: str,
             metrics["restored_at_epoch"], done_at_restore = done_at_restore, None
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint(checkpoint.path,
                                                                 checkpoint.filesystem))
-    shutil.rmtree(keep, ignore_errors=True)
-    if "error" in box:
-        raise box["error"]
+
+    try:
+        relay_reports(fit, relay, "raynas-trial-train")
+    finally:
+        shutil.rmtree(keep, ignore_errors=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from raynas.pipeline.progress import say
 
 if TYPE_CHECKING:
     from raynas.pipeline.job import Job
+    from raynas.search.searchers import Constraint
 
 NAME = "finetune"  # the Tune experiment's folder under the storage path
 
@@ -33,30 +35,42 @@ class FinetuneOutcome:
     wall_s: float
 
 
-def finetune_stage(job: Job, checkpoint, points: list[dict[str, Any]],
-                   parent_id: str | None = None) -> FinetuneOutcome:
-    """Fine-tune the subnets of ``points`` (records with an ``arch``; one or more) and
-    export the best trial's model to ``<output_dir>/subnet``."""
+def finetune_stage(job: Job, checkpoint, points: list[dict[str, Any]] | None,
+                   parent_id: str | None = None, budgets: Sequence[Constraint] = ()
+                   ) -> FinetuneOutcome:
+    """Fine-tune the subnets of ``points`` (records with an ``arch``; one or more), or with
+    ``points=None`` the subnets the study draws from the space itself, within the job's
+    search budgets and ``budgets``; export the best trial's model to
+    ``<output_dir>/subnet``."""
+    import ray
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.search import BasicVariantGenerator
 
-    from raynas.evaluation.actor import evaluator_args
+    from raynas.evaluation.actor import (
+        create_evaluator_actor,
+        evaluator_args,
+        stop_evaluator_actor,
+    )
     from raynas.evaluation.evaluator import Evaluator
     from raynas.hpo.finetune import ARCH, KEYS, finetune_trial, parse_finetune_hparams
-    from raynas.hpo.space import tune_space
+    from raynas.hpo.space import ARCH_PREFIX, arch_of, arch_tune_space, tune_space
     from raynas.hpo.study import _LIVE, _Tracking, build_searcher
 
     cfg, space, task = job.cfg, job.space, job.task
     ft = cfg.finetune
     dims = parse_finetune_hparams(cfg)
+    searching = points is None  # the subnet is dims of the study's space
     archs = {}
-    for p in points:
+    for p in points or ():
         arch = space.validate(p["arch"])
         archs.setdefault(arch.key, arch)
     metric, mode = f"val_{task.primary.name}", task.primary.goal
     param_space = tune_space(dims)
-    if len(archs) > 1:
+    if searching:
+        param_space.update(arch_tune_space(space))
+        budgets = list({str(b): b for b in (*job.constraints, *budgets)}.values())
+    elif len(archs) > 1:
         param_space[ARCH] = tune.choice(list(archs))
     trials = ft.trials if param_space else 1
     teach = ft.distill > 0 or any(d.name == "distill" for d in dims)
@@ -78,31 +92,46 @@ def finetune_stage(job: Job, checkpoint, points: list[dict[str, Any]],
         if teach:
             big = space.largest()
             teacher = {"arch": big.to_dict(), "state": evaluator.prepare(big).cpu().state_dict()}
-        job.tracker.log_params({"finetune.candidates": ", ".join(archs),
-                                "finetune.metric": metric})
+        job.tracker.log_params({"finetune.candidates": "the space's" if searching
+                                else ", ".join(archs), "finetune.metric": metric,
+                                "finetune.budgets": ", ".join(map(str, budgets)) or "none"})
+        shown = [k for k in param_space if not k.startswith(ARCH_PREFIX)]
         say(f"finetune: {trials} trial{'s' * (trials > 1)} over "
-            f"{', '.join(param_space) or 'no hyperparameter'}"
-            f" ({len(archs)} candidate subnet{'s' * (len(archs) > 1)}); "
-            f"{cfg.hpo.searcher if param_space else 'the finetune defaults'}, judged by "
-            f"{metric}; before: " + ", ".join(f"{k} {before[k][task.primary.name]:.4f}"
-                                              for k in archs))
-        if dims or len(archs) > 1:
+            + (f"the space's {len(space.dims)} architecture dims"
+               + "".join(f", {k}" for k in shown)
+               + (f" within {', '.join(map(str, budgets))}" if budgets else "")
+               if searching else
+               f"{', '.join(param_space) or 'no hyperparameter'} ({len(archs)} candidate "
+               f"subnet{'s' * (len(archs) > 1)})")
+            + f"; {cfg.hpo.searcher if param_space else 'the finetune defaults'}, judged by "
+            f"{metric}" + ("" if searching else "; before: " + ", ".join(
+                f"{k} {before[k][task.primary.name]:.4f}" for k in archs)))
+        if param_space:
             searcher = build_searcher(cfg.model_copy(update={"hpo": cfg.hpo.model_copy(
                 update={"trials": trials})}), metric, mode)
         else:
             searcher = BasicVariantGenerator(random_state=cfg.seed)
-        trainable = tune.with_resources(tune.with_parameters(
-            finetune_trial, space=space.to_dict(), candidates=candidates, teacher=teacher,
-            defaults=defaults, train=cfg.train.model_dump(mode="json"), data=args["data"],
-            task=args["task"], seed=cfg.seed, device="cuda" if gpu else "cpu"),
-            {"cpu": 1, "gpu": 1 if gpu else 0})
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         key = f"{cfg.storage_path}/{NAME}"
         runs: dict[str, str] = {}
         tracking = _LIVE[key] = _Tracking(key, job, run_id, runs, metric, ft.epochs,
                                           lambda: None, stage="finetune")
-        with job.ray("finetune"):
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        with job.ray("finetune", *(("search",) if searching else ())):
+            # Drawn subnets come from the shared evaluator actor: their inherited weights and
+            # their metrics (the budgets' judge), once per subnet for every trial.
+            actor = create_evaluator_actor(cfg, checkpoint, space) if searching else None
+            trainable = tune.with_resources(tune.with_parameters(
+                finetune_trial, space=space.to_dict(), candidates=candidates,
+                teacher=teacher, defaults=defaults, train=cfg.train.model_dump(mode="json"),
+                data=args["data"], task=args["task"], seed=cfg.seed,
+                device="cuda" if gpu else "cpu", evaluator=actor,
+                budgets=[(b.metric, b.limit) for b in budgets], workers=ft.num_workers,
+                storage=f"{cfg.storage_path}/{NAME}-train"),
+                # A trial that starts a Ray Train run only relays: its workers ask for the
+                # CPUs (GPUs); Tune needs some resource in a request, so one byte of memory.
+                {"cpu": 1, "gpu": 1 if gpu else 0} if ft.num_workers == 1 else
+                {"cpu": 0, "memory": 1})
             tuner = tune.Tuner(
                 trainable, param_space=param_space,
                 tune_config=tune.TuneConfig(
@@ -113,19 +142,33 @@ def finetune_stage(job: Job, checkpoint, points: list[dict[str, Any]],
                                           callbacks=[tracking, JsonLoggerCallback()]))
             try:
                 grid = tuner.fit()
+                only = next(iter(archs), None)
+                rows = _trials(grid, metric, runs, (lambda c: arch_of(space, c).key)
+                               if searching else (lambda c: c.get(ARCH, only)))
+                if searching:  # every drawn subnet, scored before fine-tuning (cached)
+                    drawn = {t["arch_key"]: arch_of(space, t["config"]) for t in rows}
+                    records = ray.get(actor.evaluate.remote([a.to_dict()
+                                                             for a in drawn.values()]))
+                    archs.update(drawn)
+                    before.update(zip(drawn, records))
             finally:
                 _LIVE.pop(key, None)
-        rows = _trials(grid, metric, runs, next(iter(archs)))
+                if actor is not None:
+                    stop_evaluator_actor(actor)
         done = [t for t in rows if t["status"] == "completed"]
         if not done:
             errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error]
-            raise RuntimeError("no fine-tuning trial completed"
-                               + (f"; first error: {errors[0]}" if errors else ""))
+            over = sum(t["status"] == "infeasible" for t in rows)
+            raise RuntimeError(
+                "no fine-tuning trial completed"
+                + (f"; {over} of {len(rows)} drew a subnet over the budgets "
+                   f"{', '.join(map(str, budgets))} (not trained)" if over else "")
+                + (f"; first error: {errors[0]}" if errors else ""))
         best = (max if mode == "max" else min)(done, key=lambda t: t[metric])
         arch = archs[best["arch_key"]]
         model = _built(space, arch, best["checkpoint"])
         summary = _export(job, evaluator, model, arch, before[arch.key], best, rows, metric,
-                          mode, before, time.perf_counter() - t0)
+                          mode, before, time.perf_counter() - t0, budgets)
     return FinetuneOutcome(rows, best, summary, run_id, summary["wall_s"])
 
 
@@ -141,23 +184,29 @@ def _built(space, arch, checkpoint: str):
     return model.eval()
 
 
-def _trials(grid, metric: str, runs: dict[str, str], only: str) -> list[dict[str, Any]]:
-    from raynas.hpo.finetune import ARCH, EPOCHS
+def _trials(grid, metric: str, runs: dict[str, str],
+            arch_key: Callable[[dict], str]) -> list[dict[str, Any]]:
+    """Every trial: its config and subnet, its status (``completed``, ``failed``, or
+    ``infeasible``: its subnet broke a budget and was not trained), its curve."""
+    from raynas.hpo.constrained import violations
+    from raynas.hpo.finetune import EPOCHS, FEASIBLE
 
     out = []
     for result in grid:
+        last = result.metrics or {}
+        over = last.get(FEASIBLE) == 0
         history = result.metrics_dataframe
-        curve = ([] if history is None or metric not in history else
+        curve = ([] if over or history is None or metric not in history else
                  [(int(e), float(v)) for e, v in zip(history[EPOCHS], history[metric])])
         config = dict(result.config or {})
         trial_id = result.path.rsplit("trial_", 1)[-1]
-        out.append({"trial_id": trial_id, "config": config,
-                    "arch_key": config.get(ARCH, only),
-                    "status": "completed" if result.checkpoint and not result.error
-                    else "failed",
-                    metric: curve[-1][1] if curve else None, "curve": curve,
-                    "run_id": runs.get(trial_id),
+        status = ("infeasible" if over else "completed" if result.checkpoint
+                  and not result.error else "failed")
+        out.append({"trial_id": trial_id, "config": config, "arch_key": arch_key(config),
+                    "status": status, metric: curve[-1][1] if curve else None,
+                    "curve": curve, "run_id": runs.get(trial_id),
                     "checkpoint": result.checkpoint.path if result.checkpoint else None,
+                    **({"violations": violations(last)} if violations(last) else {}),
                     **({"error": str(result.error).strip().splitlines()[-1]}
                        if result.error else {})})
     return out
@@ -165,16 +214,19 @@ def _trials(grid, metric: str, runs: dict[str, str], only: str) -> list[dict[str
 
 def _export(job: Job, evaluator, model, arch, before: dict[str, Any], best: dict[str, Any],
             rows: list[dict[str, Any]], metric: str, mode: str, all_before: dict[str, dict],
-            wall_s: float) -> dict[str, Any]:
+            wall_s: float, budgets: Sequence[Constraint] = ()) -> dict[str, Any]:
     """Score the best trial's model on both splits, export it, write ``finetune.json`` and
     ``finetune.png``, and log them."""
     import torch
 
     from raynas.export.serialize import export_metadata, export_subnet
+    from raynas.hpo.space import ARCH_PREFIX
     from raynas.hpo.study import _short
 
     cfg, task = job.cfg, job.task
     names = [m.name for m in task.metrics]
+    # The fine-tuning values (a drawn subnet's arch.* values are its arch, logged as such).
+    values = {k: v for k, v in best["config"].items() if not k.startswith(ARCH_PREFIX)}
     model.to(evaluator.device)
     val = task.evaluate(model, evaluator.val_batches, evaluator.device)
     test = task.evaluate(model, evaluator.test_batches, evaluator.device)
@@ -190,9 +242,11 @@ def _export(job: Job, evaluator, model, arch, before: dict[str, Any], best: dict
                                                                "run_id")},
         "before": inherited, "after": after,
         "latency_ms": before["latency_ms"], "flops": before["flops"],
-        "params": before["params"],
-        "candidates": {k: {m: r[m] for m in names} | {f"test_{m}": r[f"test_{m}"]
-                                                       for m in names}
+        "params": before["params"], "budgets": [str(b) for b in budgets],
+        "infeasible": sum(t["status"] == "infeasible" for t in rows),
+        # Each subnet the study tried, before fine-tuning.
+        "candidates": {k: {c: r[c] for c in ("arch", *names, *(f"test_{m}" for m in names),
+                                             "latency_ms", "flops", "params")}
                        for k, r in all_before.items()},
         "trials": rows, "export": export_metadata(result),
     }
@@ -200,7 +254,7 @@ def _export(job: Job, evaluator, model, arch, before: dict[str, Any], best: dict
     _plot(job, rows, best, metric, all_before)
     tracker = job.tracker
     tracker.log_params({"arch_key": arch.key, "arch": arch.to_json(),
-                        **{f"best.{k}": v for k, v in best["config"].items()}})
+                        **{f"best.{k}": v for k, v in values.items()}})
     tracker.log_metrics({**after, **{f"{k}_before": v for k, v in inherited.items()},
                          "latency_ms": before["latency_ms"], "flops": before["flops"],
                          "params": before["params"], "wall_s": wall_s,
@@ -222,7 +276,7 @@ def _export(job: Job, evaluator, model, arch, before: dict[str, Any], best: dict
     say(f"finetune: subnet {arch.key} -> {result.directory}  test {p} "
         f"{inherited[f'test_{p}']:.4f} -> {after[f'test_{p}']:.4f} (val "
         f"{inherited[f'val_{p}']:.4f} -> {after[f'val_{p}']:.4f}); trial {best['trial_id']} "
-        f"({', '.join(f'{k}={_short(v)}' for k, v in best['config'].items()) or 'defaults'}); "
+        f"({', '.join(f'{k}={_short(v)}' for k, v in values.items()) or 'defaults'}); "
         f"formats {', '.join(result.files)} match it (max |diff| "
         f"{max(result.checks.values()):.2g})")
     return summary

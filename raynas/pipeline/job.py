@@ -118,9 +118,9 @@ class Job:
 
             out.append(standalone_request(self.cfg))
         if "finetune" in stages:
-            from raynas.pipeline.fidelity import standalone_request
+            from raynas.hpo.finetune_train import finetune_request
 
-            out.append(standalone_request(self.cfg, "a fine-tuning trial"))
+            out.append(finetune_request(self.cfg))
         from raynas.latency.remote import meter_request
         from raynas.latency.targets import target_configs
 

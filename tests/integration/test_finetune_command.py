@@ -1,6 +1,7 @@
 """``raynas finetune`` end to end: the smoke job's supernet (two epochs: its subnets are far
-from trained), two Pareto points as candidates, a real Ray Tune study on the embedded Ray, a
-real MLflow store, and the exported files checked against a computation of their own."""
+from trained), a real Ray Tune study on the embedded Ray (its trials Ray Train runs in the
+first test, trained in their own process in the second), a real MLflow store, and the
+exported files checked against a computation of their own."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def test_finetune_searches_subnet_and_learning_rate_and_exports_the_best(smoke_r
     proc = run_cli(["finetune", str(SMOKE), "--checkpoint", str(smoke_run["out"] / "checkpoint"),
                     "--pareto", str(smoke_run["out"] / "pareto.parquet"), "--pick", "0,1",
                     "--output-dir", str(out), "finetune.trials=3", "finetune.epochs=2",
+                    # each trial a Ray Train run of 2 data-parallel workers
+                    "finetune.num_workers=2",
                     # its own experiment: the smoke experiment's runs table is another test's
                     "tracking.experiment=smoke-finetune"],
                    cwd, uri)
@@ -56,7 +59,8 @@ def test_finetune_searches_subnet_and_learning_rate_and_exports_the_best(smoke_r
 
     cfg = load_config(SMOKE)
     task = build_task(load_space(cfg.space))
-    test = load_task_data(task, cfg.data.model_dump()).test
+    split = load_task_data(task, cfg.data.model_dump())
+    test = split.test
     hits = total = 0
     with torch.no_grad():
         for batch in make_loader(test, 256):
@@ -77,3 +81,59 @@ def test_finetune_searches_subnet_and_learning_rate_and_exports_the_best(smoke_r
         sorted(t["trial_id"] for t in trials)
     curve = client.get_metric_history(children[0].info.run_id, "val_accuracy")
     assert len(curve) == 2
+    for child in children:  # trained by 2 Ray Train workers, each on half the steps
+        assert child.data.metrics["world_size"] == 2
+        assert len(child.data.tags["raynas.train_nodes"].split(",")) == 2
+        # each worker's half of the training split, in full batches of train.batch_size
+        assert child.data.metrics["steps"] == len(split.train) // 2 // cfg.train.batch_size
+
+
+def test_finetune_searches_the_space_within_budgets_and_trains_only_subnets_inside(
+        smoke_run, run_cli):
+    """--search-arch: the study's space is the space's own dims with the learning rate; the
+    job's search.constraints and --budget both bound the subnet, and a drawn subnet over
+    one is scored (by the shared evaluator actor) but not trained."""
+    cwd, uri = smoke_run["cwd"], smoke_run["uri"]
+    out = cwd / "finetune-search-out"
+    # Budgets inside the tiny space's range (params 2,034-16,354, FLOPs 0.12M-1.44M).
+    # Optuna's first 10 draws are its seeded random start, so the 6 subnets drawn are the
+    # same in every run: 3 of them break a budget (measured: one both, two the FLOPs one).
+    run_cli(["finetune", str(SMOKE), "--checkpoint", str(smoke_run["out"] / "checkpoint"),
+             "--search-arch", "--budget", "flops<=450000", "--output-dir", str(out),
+             "search.constraints=params<=8000", "finetune.trials=6", "finetune.epochs=1",
+             "ray.num_cpus=3", "tracking.experiment=smoke-finetune-search"], cwd, uri)
+    summary = json.loads((out / "finetune.json").read_text())
+    trials, records = summary["trials"], summary["candidates"]
+    assert sorted(summary["budgets"]) == ["flops<=450000", "params<=8000"]
+    assert len(trials) == 6 and set(records) == {t["arch_key"] for t in trials}
+    over = [t for t in trials if t["status"] == "infeasible"]
+    inside = [t for t in trials if t["status"] == "completed"]
+    assert over and inside and len(over) + len(inside) == 6
+    assert summary["infeasible"] == len(over)
+    for t in trials:  # the budgets judged each drawn subnet by its own metrics
+        r = records[t["arch_key"]]
+        breaks = r["params"] > 8000 or r["flops"] > 450000
+        assert breaks == (t in over), (t, r)
+        # Its arch.* values are the subnet's (the searcher saw one space).
+        assert t["config"]["arch.s1_depth"] == r["arch"]["s1_depth"]
+    for t in over:  # scored, not trained
+        assert t["curve"] == [] and t["checkpoint"] is None
+        assert max(t["violations"].values()) > 0
+    for t in inside:
+        assert [e for e, _ in t["curve"]] == [1] and max(t["violations"].values()) <= 0
+    best = max(inside, key=lambda t: t["val_accuracy"])
+    assert summary["arch_key"] == best["arch_key"]
+    assert summary["params"] <= 8000 and summary["flops"] <= 450000
+    meta = json.loads((out / "subnet" / "arch.json").read_text())
+    assert meta["arch_key"] == best["arch_key"]
+    assert summary["after"]["val_accuracy"] == best["val_accuracy"]
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("smoke-finetune-search")
+    parent = next(r for r in client.search_runs([exp.experiment_id])
+                  if r.data.tags.get("raynas.stage") == "finetune")
+    assert parent.data.params["finetune.budgets"] == ", ".join(summary["budgets"])
+    children = client.search_runs([exp.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 6
+

@@ -156,4 +156,12 @@ def test_bad_finetune_input_exits_2_before_any_work(cli, quickstart_job, digits_
     assert_one_error_line(rc, err, "--arch", "--pick")
     rc, _, err = cli(*args, *source, "finetune.hparams.lr={type: float, low: -1, high: 1}")
     assert_one_error_line(rc, err, "finetune.hparams.lr")
+    rc, _, err = cli(*args, *source, "--search-arch")
+    assert_one_error_line(rc, err, "--search-arch", "--pareto")
+    rc, _, err = cli(*args, "--checkpoint", digits_checkpoint, "--search-arch",
+                     "--budget", "accuracy<=0.5")
+    assert_one_error_line(rc, err, "--budget = 'accuracy<=0.5'", "maximised")
+    rc, _, err = cli(*args, "--checkpoint", digits_checkpoint, "--search-arch",
+                     "finetune.num_workers=0")
+    assert_one_error_line(rc, err, "finetune.num_workers")
     assert not out.exists()
