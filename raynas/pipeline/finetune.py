@@ -2,9 +2,11 @@
 Ray Tune study, and the best one exported like ``raynas export`` does.
 
 The study's space is ``finetune.hparams`` and, with several candidate subnets, the subnet
-itself (``arch``): the searcher (``hpo.searcher``) sees one space. Each trial fine-tunes on
-one CPU (one GPU with ``train.use_gpu``) and reports the validation metrics every epoch; the
-best trial by the task's primary validation metric is exported, checked against its own
+itself (``arch``), or with ``--search-arch`` the space's own architecture dims (``arch.*``,
+within the budgets): the searcher (``hpo.searcher``) sees one space. Each trial fine-tunes
+on one CPU (one GPU with ``train.use_gpu``), or as a Ray Train run of
+``finetune.num_workers`` workers, and reports the validation metrics every epoch; the best
+trial by the task's primary validation metric is exported, checked against its own
 fine-tuned weights, and compared with the same subnet before fine-tuning on the test split.
 """
 
@@ -17,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from raynas.errors import RaynasError
 from raynas.pipeline.progress import say
 
 if TYPE_CHECKING:
@@ -156,9 +159,15 @@ def finetune_stage(job: Job, checkpoint, points: list[dict[str, Any]] | None,
                 if actor is not None:
                     stop_evaluator_actor(actor)
         done = [t for t in rows if t["status"] == "completed"]
+        over = sum(t["status"] == "infeasible" for t in rows)
+        if not done and over == len(rows):
+            raise RaynasError(
+                f"finetune --search-arch: all {over} subnets drawn broke the budgets "
+                f"{', '.join(map(str, budgets))}, so none was trained; raise "
+                "finetune.trials, loosen the budgets, or fine-tune the search's Pareto "
+                "points within them (--pick all --budget ...)")
         if not done:
             errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error]
-            over = sum(t["status"] == "infeasible" for t in rows)
             raise RuntimeError(
                 "no fine-tuning trial completed"
                 + (f"; {over} of {len(rows)} drew a subnet over the budgets "
@@ -206,7 +215,7 @@ def _trials(grid, metric: str, runs: dict[str, str],
                     "status": status, metric: curve[-1][1] if curve else None,
                     "curve": curve, "run_id": runs.get(trial_id),
                     "checkpoint": result.checkpoint.path if result.checkpoint else None,
-                    **({"violations": violations(last)} if violations(last) else {}),
+                    **({"violations": excess} if (excess := violations(last)) else {}),
                     **({"error": str(result.error).strip().splitlines()[-1]}
                        if result.error else {})})
     return out

@@ -137,3 +137,18 @@ def test_finetune_searches_the_space_within_budgets_and_trains_only_subnets_insi
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 6
 
+
+
+def test_finetune_says_so_when_no_drawn_subnet_fits_the_budgets(smoke_run, run_cli):
+    """A budget no subnet of the space meets: every draw is scored and none trained, and
+    the command ends with one line saying what to change, exit 2, no traceback."""
+    cwd, uri = smoke_run["cwd"], smoke_run["uri"]
+    proc = run_cli(["finetune", str(SMOKE), "--checkpoint", str(smoke_run["out"] / "checkpoint"),
+                    "--search-arch", "--budget", "params<=100", "finetune.trials=2",
+                    "--output-dir", str(cwd / "finetune-nothing-fits"),
+                    "tracking.experiment=smoke-finetune-none"], cwd, uri, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "all 2 subnets drawn broke the budgets params<=100" in proc.stderr
+    assert "finetune.trials" in proc.stderr
+    assert proc.stdout.count("over budget") == 2  # each draw said so as it was scored
