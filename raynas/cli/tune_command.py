@@ -85,7 +85,9 @@ subnet to deploy and how to fine-tune it together. With --search-arch the space 
 architecture dims themselves (arch.<dim>, arch.<dim>.<layer>): each trial's subnet comes
 from the shared evaluator actor with its inherited weights and metrics, and one over a
 budget (search.latency_budget_ms, search.constraints, --budget) is not trained; Optuna and
-Nevergrad are told its violation, and rank it below every subnet within the budgets.
+Nevergrad are told its violation, and rank it below every subnet within the budgets. With a
+search's front (--from-run, --pareto), up to half the trials start from its points within
+the budgets, spread over it.
 Each trial trains in its own process (1 CPU, or 1 GPU with train.use_gpu), or with
 finetune.num_workers > 1 as a Ray Train run of that many data-parallel workers.
 
@@ -120,7 +122,7 @@ def add_finetune_parser(sub, job_args, source_args) -> None:
                    "subnets meeting it are trained (repeatable)")
     p.add_argument("--search-arch", action="store_true", help="search the space's "
                    "architecture dims together with finetune.hparams, instead of fine-tuning "
-                   "Pareto points or --arch")
+                   "Pareto points or --arch (a front given starts the study)")
     p.set_defaults(func=cmd_finetune)
 
 
@@ -137,10 +139,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     job = _load_job(args)
     budgets = [parse_constraint(b, "--budget", record_metrics(job.task, job.cfg.latency))
                for b in args.budget]
-    if args.search_arch and (args.arch or args.pick or args.pareto):
-        raise ConfigError("--search-arch searches the space for the subnet; --arch, --pick "
-                          "and --pareto name it or choose among Pareto points: give one or "
-                          "the other")
+    if args.search_arch and (args.arch or args.pick):
+        raise ConfigError("--search-arch searches the space for the subnet; --arch and "
+                          "--pick name it or choose among Pareto points: give one or the "
+                          "other")
     if args.arch and (args.pick or budgets or args.pareto):
         raise ConfigError("--arch names the subnet itself; --pick, --budget and --pareto "
                           "choose among Pareto points: give one or the other")
@@ -151,21 +153,23 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise ConfigError("finetune with --checkpoint needs --pareto FILE, --arch JSON or "
                           "--search-arch")
     tmp = Path(tempfile.mkdtemp())
-    if args.search_arch:
-        points = None
-    elif args.arch:
+    if args.arch:
         points = [{"arch": job.space.validate(_read_arch(args.arch)).to_dict()}]
+    elif args.search_arch and not (args.pareto or args.from_run):
+        points = []
     else:
         if args.pareto and not Path(args.pareto).is_file():
             raise ConfigError(f"--pareto = {args.pareto!r}: file does not exist")
         front = (read_records(args.pareto) if args.pareto
                  else front_from_run(job.tracker, args.from_run, tmp))
-        points = _picked(front, args.pick or job.cfg.export.pick, job, budgets)
+        # --search-arch starts from the front's points within the budgets.
+        points = front if args.search_arch else _picked(
+            front, args.pick or job.cfg.export.pick, job, budgets)
     checkpoint = (Path(args.checkpoint) if args.checkpoint
                   else checkpoint_from_run(job.tracker, args.from_run, tmp))
     # Before any run or folder: a corrupt or foreign checkpoint fails here.
     load_checkpoint(checkpoint, expected=job.space, weights=job.cfg.weights.model_dump())
-    outcome = finetune_stage(job, checkpoint, points,
+    outcome = finetune_stage(job, checkpoint, points, search_arch=args.search_arch,
                              budgets=budgets if args.search_arch else ())
     s = outcome.summary
     p = job.task.primary.name

@@ -171,3 +171,26 @@ def arch_of(space, config: Mapping[str, Any]):
 # A trial's reported ``violation.<metric>``: how far its subnet is over a budget on that
 # metric, (value - limit) / limit; > 0 breaks it (see ``raynas.hpo.constrained``).
 VIOLATION = "violation."
+
+
+def arch_point(space, arch) -> dict[str, Any]:
+    """``arch`` as a point of ``arch_tune_space(space)``, the inverse of ``arch_of``: the
+    layer slots past its depth hold the dim's first value (searchers take whole points)."""
+    from raynas.space import PerLayer
+
+    out: dict[str, Any] = {}
+    for d in space.dims:
+        if isinstance(d, PerLayer):
+            layers = list(arch[d.name])
+            out.update({f"{ARCH_PREFIX}{d.name}.{i}": layers[i] if i < len(layers)
+                        else d.values[0] for i in range(d.max_len)})
+        else:
+            out[ARCH_PREFIX + d.name] = arch[d.name]
+    return out
+
+
+def inside(dim, value: Any) -> Any:
+    """``value`` if ``dim`` holds it, else the nearest value it does hold."""
+    if isinstance(dim, Choice):
+        return value if value in dim.values else dim.values[0]
+    return type(dim.low)(min(max(value, dim.low), dim.high))

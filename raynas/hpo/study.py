@@ -88,9 +88,10 @@ def clamp(config: dict[str, Any], dims) -> dict[str, Any]:
     return out
 
 
-def build_searcher(cfg, metric: str, mode: str):
+def build_searcher(cfg, metric: str, mode: str, points: list[dict[str, Any]] | None = None):
     """Tune's search algorithm for ``hpo.searcher``, seeded by the job's seed (Optuna and
-    Nevergrad also told the budget violations a trial reports: ``raynas.hpo.constrained``)."""
+    Nevergrad also told the budget violations a trial reports: ``raynas.hpo.constrained``);
+    ``points``: whole configs its first trials take, in order."""
     options = dict(cfg.hpo.options)
     if cfg.hpo.searcher == "optuna_tpe":
         import optuna
@@ -102,7 +103,8 @@ def build_searcher(cfg, metric: str, mode: str):
         except TypeError as exc:
             raise ConfigError(f"hpo.options = {options!r}: TPESampler refuses them: "
                               f"{exc}") from None
-        return ConstrainedOptunaSearch(metric=metric, mode=mode, sampler=sampler)
+        return ConstrainedOptunaSearch(metric=metric, mode=mode, sampler=sampler,
+                                       points_to_evaluate=points)
     if cfg.hpo.searcher == "nevergrad":
         import nevergrad as ng
         import numpy as np
@@ -117,12 +119,12 @@ def build_searcher(cfg, metric: str, mode: str):
         np.random.seed(cfg.seed)  # nevergrad seeds its parametrization from numpy's state
         return ConstrainedNevergradSearch(optimizer=ng.optimizers.registry[name],
                                optimizer_kwargs={"budget": cfg.hpo.trials},
-                               metric=metric, mode=mode)
+                               metric=metric, mode=mode, points_to_evaluate=points)
     if options:
         raise ConfigError(f"hpo.options = {options!r}: the random searcher has no options")
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=cfg.seed)
+    return BasicVariantGenerator(random_state=cfg.seed, points_to_evaluate=points)
 
 
 @dataclass

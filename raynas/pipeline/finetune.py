@@ -38,12 +38,13 @@ class FinetuneOutcome:
     wall_s: float
 
 
-def finetune_stage(job: Job, checkpoint, points: list[dict[str, Any]] | None,
-                   parent_id: str | None = None, budgets: Sequence[Constraint] = ()
-                   ) -> FinetuneOutcome:
+def finetune_stage(job: Job, checkpoint, points: list[dict[str, Any]],
+                   parent_id: str | None = None, budgets: Sequence[Constraint] = (),
+                   search_arch: bool = False) -> FinetuneOutcome:
     """Fine-tune the subnets of ``points`` (records with an ``arch``; one or more), or with
-    ``points=None`` the subnets the study draws from the space itself, within the job's
-    search budgets and ``budgets``; export the best trial's model to
+    ``search_arch`` the subnets the study draws from the space itself, within the job's
+    search budgets and ``budgets``, its first trials the ``points`` (a search's Pareto
+    front, ordered by latency) that meet them; export the best trial's model to
     ``<output_dir>/subnet``."""
     import ray
     from ray import tune
@@ -57,24 +58,27 @@ def finetune_stage(job: Job, checkpoint, points: list[dict[str, Any]] | None,
     )
     from raynas.evaluation.evaluator import Evaluator
     from raynas.hpo.finetune import ARCH, KEYS, finetune_trial, parse_finetune_hparams
-    from raynas.hpo.space import ARCH_PREFIX, arch_of, arch_tune_space, tune_space
+    from raynas.hpo.space import ARCH_PREFIX, arch_of, arch_tune_space, inside, tune_space
     from raynas.hpo.study import _LIVE, _Tracking, build_searcher
 
     cfg, space, task = job.cfg, job.space, job.task
     ft = cfg.finetune
     dims = parse_finetune_hparams(cfg)
-    searching = points is None  # the subnet is dims of the study's space
-    archs = {}
-    for p in points or ():
-        arch = space.validate(p["arch"])
-        archs.setdefault(arch.key, arch)
+    searching = search_arch  # the subnet is dims of the study's space
+    archs, starts = {}, []
     metric, mode = f"val_{task.primary.name}", task.primary.goal
     param_space = tune_space(dims)
-    if searching:
+    if searching:  # the points, if any, are where the study starts
         param_space.update(arch_tune_space(space))
         budgets = list({str(b): b for b in (*job.constraints, *budgets)}.values())
-    elif len(archs) > 1:
-        param_space[ARCH] = tune.choice(list(archs))
+        starts = _starts(space, points, budgets, ft.trials // 2,
+                         {d.name: inside(d, getattr(ft, d.name)) for d in dims})
+    else:
+        for p in points:
+            arch = space.validate(p["arch"])
+            archs.setdefault(arch.key, arch)
+        if len(archs) > 1:
+            param_space[ARCH] = tune.choice(list(archs))
     trials = ft.trials if param_space else 1
     teach = ft.distill > 0 or any(d.name == "distill" for d in dims)
     args = {**evaluator_args(cfg, checkpoint, space), "objectives": ()}  # the whole val split
@@ -103,6 +107,8 @@ def finetune_stage(job: Job, checkpoint, points: list[dict[str, Any]] | None,
             + (f"the space's {len(space.dims)} architecture dims"
                + "".join(f", {k}" for k in shown)
                + (f" within {', '.join(map(str, budgets))}" if budgets else "")
+               + (f", the first {len(starts)} the search's Pareto points within them"
+                  if starts else "")
                if searching else
                f"{', '.join(param_space) or 'no hyperparameter'} ({len(archs)} candidate "
                f"subnet{'s' * (len(archs) > 1)})")
@@ -111,7 +117,7 @@ def finetune_stage(job: Job, checkpoint, points: list[dict[str, Any]] | None,
                 f"{k} {before[k][task.primary.name]:.4f}" for k in archs)))
         if param_space:
             searcher = build_searcher(cfg.model_copy(update={"hpo": cfg.hpo.model_copy(
-                update={"trials": trials})}), metric, mode)
+                update={"trials": trials})}), metric, mode, starts or None)
         else:
             searcher = BasicVariantGenerator(random_state=cfg.seed)
         key = f"{cfg.storage_path}/{NAME}"
@@ -179,6 +185,24 @@ def finetune_stage(job: Job, checkpoint, points: list[dict[str, Any]] | None,
         summary = _export(job, evaluator, model, arch, before[arch.key], best, rows, metric,
                           mode, before, time.perf_counter() - t0, budgets)
     return FinetuneOutcome(rows, best, summary, run_id, summary["wall_s"])
+
+
+def _starts(space, front, budgets, most: int, values: dict[str, Any]) -> list[dict]:
+    """Up to ``most`` points of ``front`` that meet the ``budgets`` (a budget on a metric
+    the front lacks is the trials' to judge), spread over it, as whole configs of the
+    study: their arch and the finetune ``values``."""
+    from raynas.hpo.space import arch_point
+
+    fit, seen = [], set()
+    for p in front or ():
+        arch = space.validate(p["arch"])
+        if arch.key not in seen and all(b.metric not in p or float(p[b.metric]) <= b.limit
+                                        for b in budgets):
+            seen.add(arch.key)
+            fit.append(arch)
+    k = min(len(fit), most)
+    chosen = [fit[round(i * (len(fit) - 1) / max(k - 1, 1))] for i in range(k)]
+    return [{**values, **arch_point(space, a)} for a in chosen]
 
 
 def _built(space, arch, checkpoint: str):

@@ -91,17 +91,20 @@ def test_finetune_searches_subnet_and_learning_rate_and_exports_the_best(smoke_r
 def test_finetune_searches_the_space_within_budgets_and_trains_only_subnets_inside(
         smoke_run, run_cli):
     """--search-arch: the study's space is the space's own dims with the learning rate; the
-    job's search.constraints and --budget both bound the subnet, and a drawn subnet over
-    one is scored (by the shared evaluator actor) but not trained."""
+    job's search.constraints and --budget both bound the subnet; the study starts from the
+    search's Pareto points within them, and a drawn subnet over one is scored (by the
+    shared evaluator actor) but not trained."""
+    from raynas.search.results import read_records
+
     cwd, uri = smoke_run["cwd"], smoke_run["uri"]
     out = cwd / "finetune-search-out"
+    pareto = smoke_run["out"] / "pareto.parquet"
     # Budgets inside the tiny space's range (params 2,034-16,354, FLOPs 0.12M-1.44M).
-    # Optuna's first 10 draws are its seeded random start, so the 6 subnets drawn are the
-    # same in every run: 3 of them break a budget (measured: one both, two the FLOPs one).
     run_cli(["finetune", str(SMOKE), "--checkpoint", str(smoke_run["out"] / "checkpoint"),
-             "--search-arch", "--budget", "flops<=450000", "--output-dir", str(out),
-             "search.constraints=params<=8000", "finetune.trials=6", "finetune.epochs=1",
-             "ray.num_cpus=3", "tracking.experiment=smoke-finetune-search"], cwd, uri)
+             "--pareto", str(pareto), "--search-arch", "--budget", "flops<=450000",
+             "--output-dir", str(out), "search.constraints=params<=8000",
+             "finetune.trials=6", "finetune.epochs=1", "ray.num_cpus=3",
+             "tracking.experiment=smoke-finetune-search"], cwd, uri)
     summary = json.loads((out / "finetune.json").read_text())
     trials, records = summary["trials"], summary["candidates"]
     assert sorted(summary["budgets"]) == ["flops<=450000", "params<=8000"]
@@ -109,6 +112,14 @@ def test_finetune_searches_the_space_within_budgets_and_trains_only_subnets_insi
     over = [t for t in trials if t["status"] == "infeasible"]
     inside = [t for t in trials if t["status"] == "completed"]
     assert over and inside and len(over) + len(inside) == 6
+    # Up to half the trials (3) start from the front's points that meet both budgets.
+    from raynas.space import Arch
+
+    fitting = {Arch(r["arch"]).key for r in read_records(pareto)
+               if r["params"] <= 8000 and r["flops"] <= 450000}
+    started = [t for t in trials if t["arch_key"] in fitting]
+    assert len(started) >= min(3, len(fitting)), (fitting, trials)
+    assert all(t["status"] == "completed" for t in started)
     assert summary["infeasible"] == len(over)
     for t in trials:  # the budgets judged each drawn subnet by its own metrics
         r = records[t["arch_key"]]

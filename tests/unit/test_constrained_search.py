@@ -10,24 +10,8 @@ import numpy as np
 import pytest
 
 from raynas.config import build_config
-from raynas.hpo.space import ARCH_PREFIX, VIOLATION, arch_of, arch_tune_space
+from raynas.hpo.space import VIOLATION, arch_of, arch_point, arch_tune_space
 from raynas.hpo.study import build_searcher
-
-
-def _config(arch, space) -> dict:
-    """The Tune config naming ``arch`` (unused layer slots filled with another value)."""
-    from raynas.space import PerLayer
-
-    out = {}
-    for d in space.dims:
-        if isinstance(d, PerLayer):
-            layers = list(arch[d.name])
-            for i in range(d.max_len):
-                out[f"{ARCH_PREFIX}{d.name}.{i}"] = layers[i] if i < len(layers) \
-                    else d.values[-1]
-        else:
-            out[ARCH_PREFIX + d.name] = arch[d.name]
-    return out
 
 
 def test_every_subnet_has_one_point_in_the_tune_space_and_reads_back(tiny_space):
@@ -41,7 +25,9 @@ def test_every_subnet_has_one_point_in_the_tune_space_and_reads_back(tiny_space)
     for _ in range(3000):  # all 144 subnets of the space, each read back from its point
         arch = tiny_space.sample(rng)
         seen.add(arch.key)
-        assert arch_of(tiny_space, _config(arch, tiny_space)) == arch
+        point = arch_point(tiny_space, arch)
+        assert set(point) == set(space)  # a whole point: every searcher takes it
+        assert arch_of(tiny_space, point) == arch
     assert len(seen) == 144
     # Drawn from Tune's domains: always a valid subnet, its depth picking the slots it uses.
     np.random.seed(0)
@@ -83,3 +69,20 @@ def test_a_searcher_told_the_violations_keeps_to_the_budget(name):
     inside_told = sum(x <= 0.3 for x in told[late]) / 20
     assert inside_told >= inside_blind + 0.4, (inside_blind, inside_told)
     assert max(x for x in told if x <= 0.3) > 0.25
+
+
+def test_the_study_starts_from_front_points_within_the_budgets_spread_over_it(tiny_space):
+    from raynas.pipeline.finetune import _starts
+    from raynas.search.searchers import Constraint
+
+    front = [{"arch": tiny_space.sample(i).to_dict(), "params": 1000 * i} for i in range(8)]
+    front.append(dict(front[1]))  # a repeat is one start
+    budget = Constraint("params", 5000)  # points 0-5 meet it
+    starts = _starts(tiny_space, front, [budget], 3, {"lr": 0.01})
+    keys = [arch_of(tiny_space, s).key for s in starts]
+    # Three of the six that fit, spread over them: the first, the middle, the last.
+    assert keys == [tiny_space.sample(i).key for i in (0, 2, 5)]
+    assert all(s["lr"] == 0.01 for s in starts)
+    # A budget on a metric the front lacks leaves it to the trials; none fits: no start.
+    assert len(_starts(tiny_space, front, [Constraint("flops", 1)], 10, {})) == 8
+    assert _starts(tiny_space, front, [Constraint("params", -1)], 3, {}) == []

@@ -156,8 +156,8 @@ def test_bad_finetune_input_exits_2_before_any_work(cli, quickstart_job, digits_
     assert_one_error_line(rc, err, "--arch", "--pick")
     rc, _, err = cli(*args, *source, "finetune.hparams.lr={type: float, low: -1, high: 1}")
     assert_one_error_line(rc, err, "finetune.hparams.lr")
-    rc, _, err = cli(*args, *source, "--search-arch")
-    assert_one_error_line(rc, err, "--search-arch", "--pareto")
+    rc, _, err = cli(*args, *source, "--search-arch", "--pick", "0")
+    assert_one_error_line(rc, err, "--search-arch", "--pick")
     rc, _, err = cli(*args, "--checkpoint", digits_checkpoint, "--search-arch",
                      "--budget", "accuracy<=0.5")
     assert_one_error_line(rc, err, "--budget = 'accuracy<=0.5'", "maximised")
