@@ -29,6 +29,7 @@ from raynas.hpo.space import (
     ARCH_PREFIX,
     VIOLATION,
     best_job_doc,
+    inside,
     parse_hparams,
     trial_doc,
     tune_space,
@@ -84,7 +85,7 @@ def clamp(config: dict[str, Any], dims) -> dict[str, Any]:
     out = dict(config)
     for d in dims:
         if not isinstance(d, Choice) and d.name in out:
-            out[d.name] = type(d.low)(min(max(out[d.name], d.low), d.high))
+            out[d.name] = inside(d, out[d.name])
     return out
 
 
