@@ -45,7 +45,8 @@ ComponentField = Annotated[Component, BeforeValidator(_component)]
 class DataConfig(_Section):
     name: str = Field("digits", description="a dataset of the job's task: digits, "
                       "cluttered_digits, parquet, image_folder (classification); "
-                      "generated_tagging, parquet_tagging (tagging); or a user's, registered "
+                      "generated_tagging, parquet_tagging (tagging); stdlib_text, parquet_text "
+                      "(masked_lm); or a user's, registered "
                       "under raynas.datasets")
     path: str | None = Field(None, description="file or folder of datasets that read one")
     options: dict[str, Any] = Field(default_factory=dict, description="the dataset's own "
@@ -349,7 +350,8 @@ class JobConfig(_Section):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     output_dir: str | None = None
     task: ComponentField | None = Field(
-        None, description="the task the family's models learn: classification, tagging, or "
+        None, description="the task the family's models learn: classification, tagging, masked_lm, "
+        "or "
         "a user's under raynas.tasks (default: the family's first task)")
     data: DataConfig = DataConfig()
     weights: ComponentField = Field(

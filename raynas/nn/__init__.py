@@ -2,8 +2,9 @@
 
 ``elastic``: linear, conv, depthwise conv, embedding, batch norm; ``attention``: layer norm,
 multi-head self-attention, MLP, the pre-norm transformer block, position embeddings;
-``mbconv``: inverted residual blocks with squeeze-excite; ``activations``: by name;
-``dropout``: the dropout whose rate training sets per subnet.
+``mbconv``: inverted residual blocks with squeeze-excite; ``moe``: the mixture-of-experts
+feed-forward layer and its expert-load statistics; ``activations``: by name; ``dropout``: the
+dropout whose rate training sets per subnet.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from raynas.nn.elastic import (
     recalibrate_batchnorm,
 )
 from raynas.nn.mbconv import ElasticMBConv, ElasticSqueezeExcite, MBConv, SqueezeExcite
+from raynas.nn.moe import ElasticMoEFeedForward, MoEFeedForward, expert_loads, load_entropy
 
 __all__ = [
     "ACTIVATIONS",
@@ -50,12 +52,14 @@ __all__ = [
     "ElasticMBConv",
     "ElasticMLP",
     "ElasticModule",
+    "ElasticMoEFeedForward",
     "ElasticPositionEmbedding",
     "ElasticRelativePositionBias",
     "ElasticSelfAttention",
     "ElasticSqueezeExcite",
     "ElasticTransformerBlock",
     "MBConv",
+    "MoEFeedForward",
     "PositionEmbedding",
     "RelativePositionBias",
     "SelfAttention",
@@ -63,6 +67,8 @@ __all__ = [
     "SubnetDropout",
     "TransformerBlock",
     "dropout_rates",
+    "expert_loads",
+    "load_entropy",
     "recalibrate_batchnorm",
     "set_dropout",
 ]

@@ -41,6 +41,7 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
     from raynas.evaluation.evaluator import Evaluator
     from raynas.export.serialize import export_metadata, export_subnet
     from raynas.latency.targets import column, device_latency
+    from raynas.pipeline.expert_load import load_metrics, measure_expert_load, write_expert_load
     from raynas.search.plot import plot_pareto
 
     cfg, space = job.cfg, job.space
@@ -65,6 +66,10 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
         result = export_subnet(evaluator.supernet, static, space, arch, example,
                                directory or job.out / "subnet", cfg.export.formats,
                                cfg.export.atol, task=job.task)
+        load = measure_expert_load(static, job.task, evaluator.test_batches)
+        if load:  # a subnet with MoE layers: how the test split's tokens spread over experts
+            write_expert_load(load, result.directory,
+                              f"{cfg.name}: expert load of subnet {arch.key}, test split")
         tracker.log_params({"arch_key": arch.key, "arch": arch.to_json(),
                             **({"budgets": ", ".join(map(str, budgets))} if budgets else {})})
         metric_names = [m.name for m in job.task.metrics]
@@ -77,6 +82,7 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
             "peak_memory_mb": record["peak_memory_mb"],
             **{f"max_abs_diff_{k}": v for k, v in result.checks.items()},
             **(result.sparsity or {}),
+            **load_metrics(load),
         })
         tracker.log_artifacts(result.directory, "subnet")
         if "torchscript" in result.files:
@@ -116,7 +122,9 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
             + f"; formats {', '.join(result.files)} match the "
             f"supernet (max |diff| {max(result.checks.values()):.2g})"
             + (f"; sparsity {result.sparsity['sparsity']:.3f} of its conv/linear weights"
-               if result.sparsity else ""))
+               if result.sparsity else "")
+            + (f"; expert load balance {load_metrics(load)['expert_load_balance']:.2f} "
+               "(1: even)" if load else ""))
     return {**export_metadata(result), "record": record, "chosen": chosen}
 
 

@@ -51,7 +51,7 @@ class Op:
 
 def _load_builtin() -> None:
     # Import for the side effect of registration; kept lazy so `raynas.supernets` stays light.
-    from raynas.supernets import cnn, resnet20_pool, seq_conv, vit  # noqa: F401
+    from raynas.supernets import bert, cnn, resnet20_pool, seq_conv, vit  # noqa: F401
 
 
 FAMILIES: Registry[Family] = Registry("supernet family", "family", _load_builtin,

@@ -1,9 +1,10 @@
 """Tasks and their datasets, chosen by name.
 
 ``TASKS``: ``classification`` (images -> class), ``tagging`` (token sequences with lengths ->
-one class per token). ``DATASETS``: each loads the train / validation / test splits of one
-task (``digits``, ``cluttered_digits``, ``parquet``, ``image_folder``, ``generated_tagging``,
-``parquet_tagging``).
+one class per token), ``masked_lm`` (packed text blocks with masked positions -> the original
+tokens there). ``DATASETS``: each loads the train / validation / test splits of one task
+(``digits``, ``cluttered_digits``, ``parquet``, ``image_folder``, ``generated_tagging``,
+``parquet_tagging``, ``stdlib_text``, ``parquet_text``).
 A family says which tasks it accepts (``Family.tasks``); a job may name one
 (``task: {name, options}``), else the family's first.
 """
@@ -30,7 +31,7 @@ from raynas.tasks.base import (
 
 
 def _builtin() -> None:
-    from raynas.tasks import classification, cluttered, tagging  # noqa: F401
+    from raynas.tasks import classification, cluttered, mlm, tagging  # noqa: F401
 
 
 TASKS: Registry[type[Task]] = Registry("task", "task.name", _builtin, group="raynas.tasks")

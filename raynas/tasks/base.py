@@ -125,6 +125,25 @@ class _Subset(Dataset):
         return [self.dataset[i] for i in picked]
 
 
+def token_sums(out: torch.Tensor, targets: torch.Tensor, accuracy: str, per_sample: bool = False
+               ) -> dict[str, tuple[Any, Any]]:
+    """``accuracy`` (argmax right) and ``loss`` (cross-entropy) sums over the positions of
+    per-position logits ``out`` (n, t, classes) whose target is not -100, with their count:
+    for the whole batch as floats, or ``per_sample`` as float64 tensors of length n (the
+    tasks that predict per token share this)."""
+    valid = targets != -100
+    right = (out.argmax(-1) == targets) & valid
+    if not per_sample:
+        n = float(valid.sum())
+        ce = F.cross_entropy(out.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
+                             reduction="sum")
+        return {accuracy: (float(right.sum()), n), "loss": (float(ce), n)}
+    n = valid.sum(1).double().cpu()
+    ce = F.cross_entropy(out.float().transpose(1, 2), targets, ignore_index=-100,
+                         reduction="none").sum(1).double().cpu()
+    return {accuracy: (right.sum(1).double().cpu(), n), "loss": (ce, n)}
+
+
 class Task(ABC):
     """What models are trained and judged on.
 
@@ -179,10 +198,18 @@ class Task(ABC):
                     torch.tensor([r[k][1] for r in rows], dtype=torch.float64))
                 for k in (rows[0] if rows else {})}
 
+    def derived(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """Measures computed from the averaged metrics that are no average themselves
+        (perplexity, ``exp`` of a mean loss): ``evaluate`` adds them to its result. They are
+        not in ``metrics``, so search halving, which estimates ratios of sums, never sees
+        them. Default: none."""
+        return {}
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch],
                  device: torch.device | str = "cpu") -> dict[str, float]:
-        """Every metric of ``model`` over ``batches`` (the model is put in eval mode)."""
+        """Every metric of ``model`` over ``batches`` (the model is put in eval mode), and
+        the task's ``derived`` measures."""
         model.eval()
         sums: dict[str, list[float]] = {}
         for batch in batches:
@@ -191,7 +218,8 @@ class Task(ABC):
                 acc = sums.setdefault(k, [0.0, 0.0])
                 acc[0] += s
                 acc[1] += n
-        return {k: s / max(n, 1e-12) for k, (s, n) in sums.items()}
+        means = {k: s / max(n, 1e-12) for k, (s, n) in sums.items()}
+        return {**means, **self.derived(means)}
 
     def metric(self, name: str) -> Metric:
         for m in self.metrics:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from raynas.errors import ConfigError
 from raynas.tasks import DATASETS, TASKS, DatasetEntry
-from raynas.tasks.base import Metric, Task, TaskData, TensorDictDataset
+from raynas.tasks.base import Metric, Task, TaskData, TensorDictDataset, token_sums
 
 IGNORE = -100
 _MODEL_KEYS = ("vocab_size", "num_classes", "max_len")
@@ -53,22 +53,10 @@ class Tagging(Task):
         return batch["tags"] != IGNORE
 
     def metric_sums(self, out, batch):
-        tags = batch["tags"]
-        valid = tags != IGNORE
-        n = float(valid.sum())
-        right = float(((out.argmax(-1) == tags) & valid).sum())
-        ce = float(F.cross_entropy(out.float().flatten(0, 1), tags.flatten(),
-                                   ignore_index=IGNORE, reduction="sum"))
-        return {"token_accuracy": (right, n), "loss": (ce, n)}
+        return token_sums(out, batch["tags"], "token_accuracy")
 
     def sample_sums(self, out, batch):
-        tags = batch["tags"]
-        valid = tags != IGNORE
-        n = valid.sum(1).double().cpu()
-        right = ((out.argmax(-1) == tags) & valid).sum(1).double().cpu()
-        ce = F.cross_entropy(out.float().transpose(1, 2), tags, ignore_index=IGNORE,
-                             reduction="none").sum(1).double().cpu()
-        return {"token_accuracy": (right, n), "loss": (ce, n)}
+        return token_sums(out, batch["tags"], "token_accuracy", per_sample=True)
 
     def example_inputs(self, batch_size: int, seed: int = 0):
         g = torch.Generator().manual_seed(seed)

@@ -155,7 +155,8 @@ def test_family_registry(tiny_space):
     assert "cnn" in family_names()
     fam = get_family("cnn")
     assert fam.tasks == ("classification",)
-    with pytest.raises(RaynasError, match="'nope': unknown supernet family; choose one of cnn"):
+    with pytest.raises(RaynasError,
+                       match="'nope': unknown supernet family; choose one of bert, cnn"):
         get_family("nope")
 
 

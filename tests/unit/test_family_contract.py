@@ -26,6 +26,9 @@ from raynas.supernets import create_supernet, family_names
 from raynas.tasks import build_task, example_args
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+# Spaces covered besides each family's smallest: a layer a family builds only on a model
+# setting (bert's MoE feed-forwards with model.moe).
+EXTRA_SPACES = ("bert_moe_tiny",)
 
 
 def _archs(space: SearchSpace):
@@ -34,9 +37,10 @@ def _archs(space: SearchSpace):
             **{f"random{i}": space.sample(rng) for i in range(3)}}
 
 
-@pytest.fixture(scope="module", params=family_names())
+@pytest.fixture(scope="module", params=[*family_names(), *EXTRA_SPACES])
 def family_setup(request, randomise_bn_stats, space_of):
-    space = space_of(request.param)
+    space = (SearchSpace.load(SPACES_DIR / f"{request.param}.yaml")
+             if request.param in EXTRA_SPACES else space_of(request.param))
     torch.manual_seed(0)
     net = create_supernet(space)
     randomise_bn_stats(net)  # BatchNorm must matter in eval-mode comparisons

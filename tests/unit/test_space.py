@@ -457,14 +457,14 @@ class TestParse:
         space = SearchSpace.load(path)
         assert space.family is None and space.size() == 2
         with pytest.raises(ConfigError, match="declares none, so it can be replayed but not "
-                           "built or trained; add 'family:' naming one of cnn"):
+                           "built or trained; add 'family:' naming one of bert, cnn"):
             get_family(space.family)
 
     def test_a_file_naming_an_unregistered_family_is_refused(self, tmp_path):
         path = tmp_path / "typo.yaml"
         path.write_text("name: typo\nfamily: cnnn\ndims:\n  d: {type: int, low: 1, high: 2}\n")
         with pytest.raises(ConfigError, match=r"typo.yaml: family = 'cnnn': unknown supernet "
-                           "family; choose one of cnn, .*or leave it out"):
+                           "family; choose one of bert, cnn, .*or leave it out"):
             SearchSpace.load(path)
 
     @pytest.mark.parametrize("values", [[], [1, 1], [True, False], "abc", [[1]]])

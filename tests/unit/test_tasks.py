@@ -120,7 +120,7 @@ def test_build_task_checks_the_family(repo_root):
                                           "classification"):
         build_task(cnn, {"name": "tagging"})
     with pytest.raises(ConfigError, match="task.name = 'speech': unknown task; choose one of "
-                                          "classification, tagging"):
+                                          "classification, masked_lm, tagging"):
         build_task(cnn, {"name": "speech"})
     with pytest.raises(ConfigError, match="task.options.x = 1: unknown option"):
         build_task(cnn, {"name": "classification", "options": {"x": 1}})
@@ -161,6 +161,11 @@ def test_sample_sums_are_metric_sums_per_sample(name, repo_root):
         batch["tags"] = torch.randint(0, classes, (6, t), generator=g)
         batch["tags"][torch.arange(t)[None] >= batch["lengths"][:, None]] = IGNORE
         out = torch.randn(6, t, classes, generator=g)
+    elif name == "masked_lm":  # about 3 in 10 positions predicted, the rest ignored
+        t = batch["tokens"].shape[1]
+        batch["targets"] = torch.where(torch.rand(6, t, generator=g) < 0.3, batch["tokens"],
+                                       IGNORE)
+        out = torch.randn(6, t, space.model["vocab_size"], generator=g)
     else:
         batch["labels"] = torch.randint(0, space.model["num_classes"], (6,), generator=g)
         out = torch.randn(6, space.model["num_classes"], generator=g)

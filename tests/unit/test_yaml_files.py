@@ -35,7 +35,8 @@ def test_space_file(path):
         net.set_arch(arch)
         with torch.no_grad():
             out = net(*x)
-        assert out.shape[0] == 2 and out.shape[-1] == space.model["num_classes"]
+        classes = space.model.get("num_classes", space.model.get("vocab_size"))  # or tokens
+        assert out.shape[0] == 2 and out.shape[-1] == classes
     size = space.size()
     if size is not None and space.description:
         assert f"{size:,}" in space.description  # descriptions quote the size
