@@ -70,6 +70,7 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
         if load:  # a subnet with MoE layers: how the test split's tokens spread over experts
             write_expert_load(load, result.directory,
                               f"{cfg.name}: expert load of subnet {arch.key}, test split")
+        load_logged = load_metrics(load)
         tracker.log_params({"arch_key": arch.key, "arch": arch.to_json(),
                             **({"budgets": ", ".join(map(str, budgets))} if budgets else {})})
         metric_names = [m.name for m in job.task.metrics]
@@ -82,7 +83,7 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
             "peak_memory_mb": record["peak_memory_mb"],
             **{f"max_abs_diff_{k}": v for k, v in result.checks.items()},
             **(result.sparsity or {}),
-            **load_metrics(load),
+            **load_logged,
         })
         tracker.log_artifacts(result.directory, "subnet")
         if "torchscript" in result.files:
@@ -123,7 +124,7 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
             f"supernet (max |diff| {max(result.checks.values()):.2g})"
             + (f"; sparsity {result.sparsity['sparsity']:.3f} of its conv/linear weights"
                if result.sparsity else "")
-            + (f"; expert load balance {load_metrics(load)['expert_load_balance']:.2f} "
+            + (f"; expert load balance {load_logged['expert_load_balance']:.2f} "
                "(1: even)" if load else ""))
     return {**export_metadata(result), "record": record, "chosen": chosen}
 
