@@ -32,6 +32,9 @@ record nothing (``torch.jit.trace``'s check re-runs the module eagerly: that run
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -253,6 +256,22 @@ class ElasticMoEFeedForward(_LoadRecorder, ElasticModule):
 
 
 MOE_LAYERS = (MoEFeedForward, ElasticMoEFeedForward)
+
+
+def moe_settings(moe: Any, where: str) -> dict[str, int] | None:
+    """A family's ``model.moe`` setting checked: None, or ``{experts: E, top_k: k}`` (k
+    defaults to 2) with 1 <= k <= E; a ``ConfigError`` starting with ``where`` otherwise."""
+    from raynas.errors import ConfigError
+
+    if moe is None:
+        return None
+    if not isinstance(moe, Mapping) or set(moe) - {"experts", "top_k"}:
+        raise ConfigError(f"{where}: model.moe must be {{experts: E, top_k: k}}, got {moe!r}")
+    e, k = moe.get("experts"), moe.get("top_k", 2)
+    if not (isinstance(e, int) and isinstance(k, int) and 1 <= k <= e):
+        raise ConfigError(f"{where}: model.moe needs integers 1 <= top_k <= experts, got "
+                          f"experts={e!r}, top_k={k!r}")
+    return {"experts": e, "top_k": k}
 
 
 def expert_loads(model: nn.Module, accumulated: bool = False) -> dict[str, torch.Tensor]:

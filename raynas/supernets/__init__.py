@@ -49,9 +49,37 @@ class Op:
     input_shape: tuple[int, ...]
 
 
+def positive_settings(model: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:
+    """``ConfigError`` (starting with ``where``) unless every ``model.<key>`` is a positive
+    integer."""
+    for key in keys:
+        value = model.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise ConfigError(f"{where}: model.{key} must be a positive integer, got "
+                              f"{value!r}")
+
+
+def activation_setting(model: Mapping[str, Any], default: str, where: str) -> str:
+    """``model.activation`` (``default`` when absent), checked against ``raynas.nn``'s."""
+    from raynas.nn import ACTIVATIONS
+
+    act = model.get("activation", default)
+    if act not in ACTIVATIONS:
+        raise ConfigError(f"{where}: model.activation = {act!r}; one of "
+                          f"{', '.join(sorted(ACTIVATIONS))}")
+    return act
+
+
 def _load_builtin() -> None:
     # Import for the side effect of registration; kept lazy so `raynas.supernets` stays light.
-    from raynas.supernets import bert, cnn, resnet20_pool, seq_conv, vit  # noqa: F401
+    from raynas.supernets import (  # noqa: F401
+        bert,
+        cnn,
+        resnet20_pool,
+        seq_conv,
+        transformer_mt,
+        vit,
+    )
 
 
 FAMILIES: Registry[Family] = Registry("supernet family", "family", _load_builtin,

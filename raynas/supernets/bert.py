@@ -52,31 +52,17 @@ from raynas.nn import (
     SelfAttention,
     SubnetDropout,
 )
+from raynas.nn.moe import moe_settings
 from raynas.space import Arch, Choice, IntRange, PerLayer, SearchSpace
-from raynas.supernets import Family, register_family
+from raynas.supernets import Family, activation_setting, positive_settings, register_family
 
 _LAYER_DIMS = ("heads", "ffn")
 
 
 def _settings(model: Mapping[str, Any], where: str) -> dict[str, Any]:
-    for key in ("vocab_size", "max_len", "head_dim"):
-        if not (isinstance(model.get(key), int) and model[key] > 0):
-            raise ConfigError(f"{where}: model.{key} must be a positive integer, got "
-                              f"{model.get(key)!r}")
-    act = model.get("activation", "gelu")
-    if act not in ACTIVATIONS:
-        raise ConfigError(f"{where}: model.activation = {act!r}; one of "
-                          f"{', '.join(sorted(ACTIVATIONS))}")
-    moe = model.get("moe")
-    if moe is not None:
-        if not isinstance(moe, Mapping) or set(moe) - {"experts", "top_k"}:
-            raise ConfigError(f"{where}: model.moe must be {{experts: E, top_k: k}}, got "
-                              f"{moe!r}")
-        e, k = moe.get("experts"), moe.get("top_k", 2)
-        if not (isinstance(e, int) and isinstance(k, int) and 1 <= k <= e):
-            raise ConfigError(f"{where}: model.moe needs integers 1 <= top_k <= experts, got "
-                              f"experts={e!r}, top_k={k!r}")
-        moe = {"experts": e, "top_k": k}
+    positive_settings(model, ("vocab_size", "max_len", "head_dim"), where)
+    act = activation_setting(model, "gelu", where)
+    moe = moe_settings(model.get("moe"), where)
     return {"vocab_size": model["vocab_size"], "max_len": model["max_len"],
             "head_dim": model["head_dim"], "activation": act, "moe": moe}
 

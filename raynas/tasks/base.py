@@ -10,6 +10,7 @@ or accuracy.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -69,11 +70,13 @@ def as_batch(batch: Any) -> Any:
 
 @dataclass(frozen=True)
 class TaskData:
-    """The three splits of a task's data, as datasets of named tensors."""
+    """The three splits of a task's data, as datasets of named tensors; ``tokenizer``: the
+    one that made the ids, where a task turns ids back into text (translation's BLEU)."""
 
     train: Dataset
     val: Dataset
     test: Dataset
+    tokenizer: Any = None
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
@@ -207,9 +210,10 @@ class Task(ABC):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch],
-                 device: torch.device | str = "cpu") -> dict[str, float]:
+                 device: torch.device | str = "cpu", full: bool = True) -> dict[str, float]:
         """Every metric of ``model`` over ``batches`` (the model is put in eval mode), and
-        the task's ``derived`` measures."""
+        with ``full`` the task's ``derived`` measures and any it computes besides (a
+        translation's BLEU decodes every source: training's per-epoch check skips it)."""
         model.eval()
         sums: dict[str, list[float]] = {}
         for batch in batches:
@@ -219,7 +223,7 @@ class Task(ABC):
                 acc[0] += s
                 acc[1] += n
         means = {k: s / max(n, 1e-12) for k, (s, n) in sums.items()}
-        return {**means, **self.derived(means)}
+        return {**means, **self.derived(means)} if full else means
 
     def metric(self, name: str) -> Metric:
         for m in self.metrics:
@@ -250,3 +254,34 @@ class Task(ABC):
     @abstractmethod
     def check_data(self, data: TaskData) -> None:
         """Raise ``ConfigError`` if the data does not fit the model settings."""
+
+
+class TokenTargetTask(Task):
+    """A task whose batches carry ``targets``, one id per output position and ``-100`` where
+    nothing is predicted (masked-LM, translation): cross-entropy per predicted token, the
+    share ranked first (named ``accuracy``), and ``perplexity`` derived from the loss."""
+
+    accuracy: str = "token_accuracy"
+
+    def loss(self, out, batch, label_smoothing: float = 0.0):
+        # The mean over predicted positions, written as sum / count: a batch without any
+        # (possible with few short blocks) gives 0, not NaN.
+        targets = batch["targets"]
+        total = F.cross_entropy(out.flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                label_smoothing=label_smoothing, reduction="sum")
+        return total / (targets != -100).sum().clamp(min=1)
+
+    def distill_mask(self, batch):
+        return batch["targets"] != -100
+
+    def metric_sums(self, out, batch):
+        return token_sums(out, batch["targets"], self.accuracy)
+
+    def sample_sums(self, out, batch):
+        return token_sums(out, batch["targets"], self.accuracy, per_sample=True)
+
+    def derived(self, metrics):
+        if "loss" not in metrics:
+            return {}
+        loss = metrics["loss"]
+        return {"perplexity": math.exp(loss) if loss < 700 else math.inf}

@@ -32,18 +32,16 @@ split, so no document is in two splits; a tokenizer is trained on the training d
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from raynas.errors import ConfigError, describe_value
 from raynas.tasks import DATASETS, TASKS, DatasetEntry
-from raynas.tasks.base import Metric, Task, TaskData, TensorDictDataset, token_sums
+from raynas.tasks.base import Metric, Task, TaskData, TensorDictDataset, TokenTargetTask
 from raynas.tasks.text import (
     SPECIAL_TOKENS,
     encode,
@@ -62,8 +60,9 @@ _SPLITS = ("training", "validation", "test")
 
 
 @TASKS.register("masked_lm")
-class MaskedLM(Task):
+class MaskedLM(TokenTargetTask):
     name = "masked_lm"
+    accuracy = "masked_accuracy"
     input_names = ("tokens",)
     metrics = (Metric("masked_accuracy", "max", "share of the predicted (masked) positions "
                       "whose original token the model ranks first"),
@@ -77,29 +76,6 @@ class MaskedLM(Task):
         if self.model["vocab_size"] <= len(SPECIAL_TOKENS):
             raise ConfigError(f"model.vocab_size = {self.model['vocab_size']}: masked_lm "
                               f"needs more than {len(SPECIAL_TOKENS)} (its special tokens)")
-
-    def loss(self, out, batch, label_smoothing: float = 0.0):
-        # The mean over predicted positions, written as sum / count: a batch without any
-        # (possible with few short blocks) gives 0, not NaN.
-        targets = batch["targets"]
-        total = F.cross_entropy(out.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
-                                label_smoothing=label_smoothing, reduction="sum")
-        return total / (targets != IGNORE).sum().clamp(min=1)
-
-    def distill_mask(self, batch):
-        return batch["targets"] != IGNORE
-
-    def metric_sums(self, out, batch):
-        return token_sums(out, batch["targets"], "masked_accuracy")
-
-    def sample_sums(self, out, batch):
-        return token_sums(out, batch["targets"], "masked_accuracy", per_sample=True)
-
-    def derived(self, metrics):
-        if "loss" not in metrics:
-            return {}
-        loss = metrics["loss"]
-        return {"perplexity": math.exp(loss) if loss < 700 else math.inf}
 
     def example_inputs(self, batch_size: int, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
@@ -194,6 +170,39 @@ def _check_masking(mask_prob: Any, copies: Any) -> None:
                           "number >= 1")
 
 
+def read_parquet(path: str | Path) -> Any:
+    """The ``pyarrow`` table of the Parquet file at ``data.path``; a ``ConfigError`` naming the
+    path and the reader's reason when it cannot be read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(Path(path))
+    except (pa.ArrowException, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"data.path = {str(path)!r}: not a readable Parquet file ({reason})"
+                          ) from None
+
+
+def string_column(table: Any, option: str, name: Any, path: Any, task: str) -> list[Any]:
+    """The values of the string column ``name`` that ``data.options.<option>`` names; a
+    ``ConfigError`` naming the option when it is no column of ``table`` or holds no strings
+    (``task`` needs them)."""
+    import pyarrow as pa
+
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"data.options.{option} = {describe_value(name)}: must be the name "
+                          "of a column")
+    if name not in table.column_names:
+        raise ConfigError(f"data.options.{option} = {name!r}: not a column of {path}; "
+                          f"columns: {', '.join(table.column_names[:20]) or 'none'}")
+    column = table.column(name)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise ConfigError(f"data.options.{option} = {name!r}: a column of {column.type}; "
+                          f"{task} needs strings")
+    return column.to_pylist()
+
+
 def load_stdlib_text(task, path, val_fraction, test_fraction, seed,
                      max_chars: int | None = DEFAULT_MAX_CHARS, mask_prob: float = 0.15,
                      copies: int = 1) -> TaskData:
@@ -211,25 +220,11 @@ def load_stdlib_text(task, path, val_fraction, test_fraction, seed,
 def load_parquet_text(task, path, val_fraction, test_fraction, seed, text_column: str = "text",
                       tokenizer: str | None = None, mask_prob: float = 0.15,
                       copies: int = 1) -> TaskData:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     _check_masking(mask_prob, copies)
     where = f"data.path = {str(path)!r}"
-    try:
-        table = pq.read_table(Path(path))
-    except (pa.ArrowException, OSError) as exc:
-        raise ConfigError(f"{where}: not a readable Parquet file "
-                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-                          ) from None
-    if text_column not in table.column_names:
-        raise ConfigError(f"data.options.text_column = {text_column!r}: not a column of "
-                          f"{path}; columns: {', '.join(table.column_names[:20]) or 'none'}")
-    column = table.column(text_column)
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise ConfigError(f"data.options.text_column = {text_column!r}: a column of "
-                          f"{column.type}; masked_lm needs strings")
-    docs = [t for t in column.to_pylist() if t and t.strip()]
+    table = read_parquet(path)
+    texts = string_column(table, "text_column", text_column, path, "masked_lm")
+    docs = [t for t in texts if t and t.strip()]
     if not docs:
         raise ConfigError(f"{where}: no text in column {text_column!r} ({table.num_rows} "
                           "rows, none with text)")

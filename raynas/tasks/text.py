@@ -8,7 +8,8 @@ kept once, in order. The result depends only on the Python installation.
 
 Tokenizers are ``tokenizers.Tokenizer`` objects: ``train_tokenizer`` fits a byte-pair encoding
 on given texts (NFKC and lowercase normalisation, split on whitespace and punctuation; the same
-texts give the same vocabulary), ``load_tokenizer`` reads a user's ``tokenizer.json`` and checks
+texts give the same vocabulary; ``decodable=True`` keeps the spaces so that ids decode back
+to the text), ``load_tokenizer`` reads a user's ``tokenizer.json`` and checks
 it against the model settings. Trained tokenizers hold ``SPECIAL_TOKENS`` at ids 0.. in order:
 ``[PAD]`` = 0, ``[UNK]``, ``[MASK]``, ``[SEP]``, ``[BOS]``, ``[EOS]``.
 """
@@ -37,6 +38,9 @@ _BLOCKS = (ast.stmt, ast.excepthandler, ast.match_case)
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _WORD = re.compile(r"[A-Za-z]{2,}")
 _ALPHABET = 200  # initial characters a trained BPE keeps (the rest are [UNK])
+# A decodable tokenizer's pieces: a word (letters and digits) or one other character, each
+# with the space marker before it if there is one; a space marker left alone (two spaces).
+_DECODABLE_PIECE = r"▁?[\p{L}\p{N}]+|▁?[^▁\p{L}\p{N}]|▁"
 
 
 # ---- the corpus ------------------------------------------------------------------------
@@ -144,11 +148,26 @@ def stdlib_docstrings(max_chars: int | None = None) -> list[str]:
 
 
 # ---- tokenizers ------------------------------------------------------------------------
-def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
+def train_tokenizer(texts: Sequence[str], vocab_size: int, decodable: bool = False) -> Any:
     """A BPE tokenizer of at most ``vocab_size`` ids fitted on ``texts``, with
     ``SPECIAL_TOKENS`` at ids 0..5. Deterministic: the same texts give the same tokenizer
-    (no continuing-subword prefix, whose ids the trainer assigns in hash order)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    (no continuing-subword prefix, whose ids the trainer assigns in hash order).
+
+    ``decodable``: keep the spaces, so that ``tok.decode(ids)`` gives the (normalised) text
+    back, as translation's BLEU needs: each space becomes ``▁`` (Metaspace, which also puts
+    one before the text), then the text is cut into runs of letters and digits and single
+    other characters, each with the ``▁`` before it; the Metaspace decoder turns ``▁`` back
+    into spaces. The default splits on whitespace and punctuation and drops the spaces, so
+    decoding cannot tell ``a (b`` from ``a(b``."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
 
     n_special = len(SPECIAL_TOKENS)
     if vocab_size <= n_special:
@@ -156,7 +175,13 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
                           f"than {n_special} ids (its special tokens)")
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if decodable:
+        pieces = pre_tokenizers.Split(Regex(_DECODABLE_PIECE), behavior="isolated")
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(split=False),
+                                                     pieces])
+        tok.decoder = decoders.Metaspace()
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2,
                                   special_tokens=list(SPECIAL_TOKENS), show_progress=False,
                                   limit_alphabet=min(_ALPHABET, vocab_size - n_special))

@@ -206,7 +206,7 @@ def quick_metric(net, task: Task, arch: Arch, calib: list[Batch], val_batches: l
     net.set_arch(arch)
     recalibrate_batchnorm(net, [to_device(b, device) for b in calib],
                           lambda m, b: m(*task.inputs(b)))
-    value = task.evaluate(net, val_batches, device)[task.primary.name]
+    value = task.evaluate(net, val_batches, device, full=False)[task.primary.name]
     net.train()
     return value
 
