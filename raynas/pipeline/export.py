@@ -5,6 +5,7 @@ JSON, TorchScript, ONNX), each checked against the supernet; and where its input
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,10 +74,16 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
         load_logged = load_metrics(load)
         tracker.log_params({"arch_key": arch.key, "arch": arch.to_json(),
                             **({"budgets": ", ".join(map(str, budgets))} if budgets else {})})
+        # The task's metrics, and what its evaluate adds (perplexity, a translation's BLEU)
+        # where finite.
         metric_names = [m.name for m in job.task.metrics]
+        measures = metric_names + [
+            k for k in record if k not in metric_names and f"test_{k}" in record
+            and all(isinstance(v, float) and math.isfinite(v)
+                    for v in (record[k], record[f"test_{k}"]))]
         tracker.log_metrics({
-            **{f"test_{k}": record[f"test_{k}"] for k in metric_names},
-            **{f"val_{k}": record[k] for k in metric_names},
+            **{f"test_{k}": record[f"test_{k}"] for k in measures},
+            **{f"val_{k}": record[k] for k in measures},
             "latency_ms": record["latency_ms"], "latency_ms_at_search": searched_ms,
             "latency_ms_measured": record["latency_measured_ms"],
             "flops": record["flops"], "params": record["params"],
@@ -116,7 +123,9 @@ def export_stage(job: Job, checkpoint: str | Path, front: list[dict[str, Any]],
                     f"above the budget {b} ({float(chosen[b.metric]):.4g} at search)")
         primary = job.task.primary.name
         say(f"export: subnet {arch.key} -> {result.directory}  test {primary} "
-            f"{record[f'test_{primary}']:.3f}, {record['latency_measured_ms']:.3f} ms "
+            f"{record[f'test_{primary}']:.3f}"
+            + (f", BLEU {record['test_bleu']:.1f}" if "test_bleu" in record else "")
+            + f", {record['latency_measured_ms']:.3f} ms "
             f"measured on {record['latency_target']}"
             + (f" ({record['latency_ms']:.3f} ms by {record['latency_model']})"
                if record["latency_model"] != "measured" else "")

@@ -31,7 +31,14 @@ from raynas.tasks.base import (
 
 
 def _builtin() -> None:
-    from raynas.tasks import classification, cluttered, mlm, tagging  # noqa: F401
+    from raynas.tasks import (  # noqa: F401
+        classification,
+        cluttered,
+        mlm,
+        parallel,
+        tagging,
+        translation,
+    )
 
 
 TASKS: Registry[type[Task]] = Registry("task", "task.name", _builtin, group="raynas.tasks")

@@ -166,6 +166,12 @@ def test_sample_sums_are_metric_sums_per_sample(name, repo_root):
         batch["targets"] = torch.where(torch.rand(6, t, generator=g) < 0.3, batch["tokens"],
                                        IGNORE)
         out = torch.randn(6, t, space.model["vocab_size"], generator=g)
+    elif name == "translation":  # targets of varied lengths, -100 after each
+        t = batch["prev_tokens"].shape[1]
+        lengths = torch.tensor([t, 3, 8, 1, t - 2, 5])
+        batch["targets"] = torch.where(torch.arange(t)[None] < lengths[:, None],
+                                       batch["prev_tokens"].roll(-1, 1), IGNORE)
+        out = torch.randn(6, t, space.model["vocab_size"], generator=g)
     else:
         batch["labels"] = torch.randint(0, space.model["num_classes"], (6,), generator=g)
         out = torch.randn(6, space.model["num_classes"], generator=g)
