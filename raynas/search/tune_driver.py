@@ -133,8 +133,9 @@ def _live_collector(key: str) -> _Collector:
 
 
 class _Collector(tune.Callback):
-    """Runs in the driver: keeps every record, appends it to a JSONL file as it arrives
-    (nothing lost if the run dies), and prints one progress line per finished trial.
+    """Runs in the driver: keeps every record and the Pareto front, appends each record to a
+    JSONL file as it arrives (nothing lost if the run dies), and prints one progress line
+    per finished trial.
 
     ``prior``: records of the interrupted run being resumed; a trial re-run after the
     resume reports them again (from the evaluator's cache) and they are not counted twice.
@@ -147,6 +148,9 @@ class _Collector(tune.Callback):
         self.budget, self.objectives, self.constraints = budget, objectives, constraints
         self.records: list[dict[str, Any]] = list(prior)
         self._seen = {r["arch_key"] for r in prior}
+        # Kept as records arrive: the front of everything equals the front of the last
+        # front and the new batch (a dominated record never returns to it).
+        self.front = pareto_front(self.records, objectives, constraints)
         self.log_path = log_path
         self.on_records = on_records
         self.t0 = time.perf_counter()
@@ -165,7 +169,8 @@ class _Collector(tune.Callback):
                 f.write(json.dumps(r) + "\n")
         if self.on_records:
             self.on_records(batch)
-        front = pareto_front(self.records, self.objectives, self.constraints)
+        front = self.front = pareto_front(self.front + batch, self.objectives,
+                                          self.constraints)
         first = self.objectives[0]
         pick = max if first.direction == "max" else min
         best = pick(front, key=lambda r: r[first.name]) if front else None
@@ -230,9 +235,7 @@ def run_search(searcher: AskTellSearcher, evaluator, *, budget: int, subnets_per
     errors = [r.error for r in grid if r.error is not None]
     if errors and not collector.records:
         raise RuntimeError(f"every search trial failed; first error: {errors[0]}")
-    return SearchOutcome(collector.records, pareto_front(collector.records, objectives,
-                                                         constraints),
-                         time.perf_counter() - t0)
+    return SearchOutcome(collector.records, list(collector.front), time.perf_counter() - t0)
 
 
 def can_resume(storage_path: str | Path, name: str) -> bool:

@@ -257,3 +257,30 @@ class TestExactHypervolume:
         monkeypatch.setitem(sys.modules, "optuna._hypervolume", None)
         assert hypervolume(TestHypervolume.POINTS, ACC_LAT, TestHypervolume.REF) \
             == pytest.approx(TestHypervolume.EXPECTED)
+
+
+def test_the_search_keeps_its_front_as_records_arrive(tmp_path, capsys):
+    """The driver's front, updated batch by batch from the last front, is the front of
+    every record so far, with a budget and duplicates in the batches."""
+    import random
+
+    from raynas.search.searchers import Constraint
+    from raynas.search.tune_driver import _Collector
+
+    rng = random.Random(3)
+    objectives = [Objective("accuracy", "max"), Objective("latency_ms", "min")]
+    budget = [Constraint("latency_ms", 2.5)]
+    prior = [{"arch_key": f"p{i}", "accuracy": rng.random(), "latency_ms": rng.uniform(0, 3)}
+             for i in range(20)]
+    collector = _Collector("k", 500, objectives, budget, tmp_path / "log.jsonl", None, prior)
+    for b in range(30):
+        batch = [{"arch_key": f"b{b}-{i}", "accuracy": round(rng.random(), 2),
+                  "latency_ms": round(rng.uniform(0, 3), 1)} for i in range(16)]
+        collector.on_trial_result(b, [], None, {"records": batch + batch[:3]})
+        want = pareto_front(collector.records, objectives, budget)
+        assert sorted(r["arch_key"] for r in collector.front) == sorted(
+            r["arch_key"] for r in want)
+    # A batch's repeats are records too (the searcher asked twice); earlier keys are not.
+    assert len(collector.records) == 20 + 30 * 19
+    assert f"search {20 + 30 * 19}/500 subnets  front {len(want)} points" in (
+        capsys.readouterr().out)
