@@ -49,7 +49,9 @@ class Evaluator:
     ``raynas.latency.memory``), ``eval_device`` (where it was scored: cpu or cuda), ``eval_s`` and
     ``evaluated_at`` (unix time);
     ``latency_measured_ms`` too where the subnet was also timed to check a non-measured
-    latency model, and ``latency_node`` wherever a latency was measured; with halving,
+    latency model, ``latency_node`` wherever a latency was measured and ``latency_spread``
+    (its timing windows' spread, ``raynas.latency.measure.Timing``) wherever the job's own
+    measured latency was timed rather than read from the table; with halving,
     ``fidelity`` (the share of the validation set scored: below 1, the metrics are estimates
     over it and the test metrics NaN).
     """
@@ -90,16 +92,16 @@ class Evaluator:
         self._calib = [to_device(b, self.device) for b in sample_batches(
             self.data.train, self.cfg.calib_batches, self.cfg.calib_batch_size, seed)]
         lat = LatencyConfig(**latency)
-        self.meter = MeasuredLatency(lat.target, lat.batch_size, lat.threads,
-                                     lat.min_run_time_s, device=lat.device)
+        self.meter = MeasuredLatency.from_config(lat)
         self.latency: LatencyModel = build_latency_model(lat, self.space, self.meter)
         self.measured = (self.latency if self.latency.kind == "measured"
                          else build_measured(lat, self.space, self.meter))
         self.drift_share = lat.drift_share if self.latency.kind != "measured" else 0.0
         # latency.targets: more devices every subnet is timed on (latency_ms/<name>).
-        self.targets = [(t.target, build_measured(t, self.space, MeasuredLatency(
-            t.target, t.batch_size, t.threads, t.min_run_time_s, device=t.device)))
-            for t in target_configs(lat)]
+        self.confirm_run_time_s = lat.confirm_run_time_s
+        self.targets = [(t.target, build_measured(t, self.space,
+                                                  MeasuredLatency.from_config(t)))
+                        for t in target_configs(lat)]
         ex = self.task.example_inputs(1)
         self._flops_inputs = tuple(ex[k] for k in self.task.input_names)
         ex = self.task.example_inputs(lat.batch_size)  # memory: at the deployed batch size
@@ -207,6 +209,8 @@ class Evaluator:
         }
         if self.latency.node is not None:
             record["latency_node"] = self.latency.node
+        if getattr(self.latency, "spread", None) is not None:
+            record["latency_spread"] = self.latency.spread
         for name, model in self.targets:
             record[target_column(name)] = model.latency_ms(arch, cpu)
             if model.node is not None:
@@ -219,6 +223,21 @@ class Evaluator:
             if self.measured.node is not None:
                 record["latency_node"] = self.measured.node
         return record
+
+    def retime(self, archs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The confirmation pass: each arch timed again on the job's target for
+        ``latency.confirm_run_time_s``, the archs' windows interleaved
+        (``latency_confirm_ms``, ``latency_confirm_spread``, ``latency_node``). Only for the
+        measured latency model."""
+        if self.latency.kind != "measured" or not archs:
+            return []
+        out = []
+        for i in range(0, len(archs), 16):  # 16 static models in memory at a time
+            chunk = [self.space.validate(a) for a in archs[i:i + 16]]
+            for ms, spread in self.latency.retime(chunk, run_time_s=self.confirm_run_time_s):
+                out.append({"latency_confirm_ms": ms, "latency_confirm_spread": spread,
+                            "latency_node": self.latency.node})
+        return out
 
     def prepare(self, arch: Arch) -> torch.nn.Module:
         """Recalibrate BN for ``arch`` and return its static subnet (eval mode).

@@ -48,6 +48,7 @@ class MeasuredModel(LatencyModel):
         self.meter, self.table, self.remote = meter, table, remote
         self.inputs = input_key(space, meter.batch_size)  # part of a table row's key
         self.hits = 0
+        self.spread: float | None = None  # the last timing's window spread, if it was timed
 
     def latency_ms(self, arch, static=None):
         m = self.meter
@@ -55,22 +56,33 @@ class MeasuredModel(LatencyModel):
             cached = self.table.get(arch, m.target, m.batch_size, m.threads, self.inputs)
             if cached is not None:
                 self.hits += 1
-                self.node = None
+                self.node = self.spread = None
                 return cached
-        if self.remote is not None:
-            import ray
-
-            ms, self.node = ray.get(self.remote.measure.remote(arch.to_dict()))
-        else:
-            from raynas.supernets import build_static
-            from raynas.tasks import example_args
-
-            model = static if static is not None else build_static(self.space, arch)
-            ms = m.measure_ms(model, example_args(self.space, m.batch_size))
-            self.node = timing_node()
+        ((ms, self.spread),) = self.retime([arch], None if static is None else [static])
         if self.table is not None:
             self.table.add(arch, ms, m.target, m.batch_size, m.threads, inputs=self.inputs)
         return ms
+
+    def retime(self, archs: list[Arch], statics: list[nn.Module] | None = None,
+               run_time_s: float | None = None) -> list[tuple[float, float]]:
+        """``(ms, spread)`` of each arch timed now, their windows interleaved (the table is
+        neither read nor written: the confirmation pass and ``latency_ms`` decide).
+        ``run_time_s``: time each arch this long, over twice the meter's windows (the
+        confirmation pass), instead of the meter's own ``min_run_time_s``."""
+        if self.remote is not None:
+            import ray
+
+            out, self.node = ray.get(self.remote.measure_many.remote(
+                [a.to_dict() for a in archs], run_time_s))
+            return [tuple(t) for t in out]
+        from raynas.supernets import build_static
+        from raynas.tasks import example_args
+
+        models = statics or [build_static(self.space, a) for a in archs]
+        example = example_args(self.space, self.meter.batch_size)
+        timings = self.meter.longer(run_time_s).measure_many(models, [example] * len(models))
+        self.node = timing_node()
+        return [(t.ms, t.spread) for t in timings]
 
 
 class LUTModel(LatencyModel):
@@ -137,8 +149,7 @@ def build_latency_model(cfg: LatencyConfig | Mapping[str, Any], space: SearchSpa
     """The job's latency model (paths in ``cfg`` already resolved by the caller)."""
     if not isinstance(cfg, LatencyConfig):
         cfg = LatencyConfig(**cfg)
-    meter = meter or MeasuredLatency(cfg.target, cfg.batch_size, cfg.threads,
-                                     cfg.min_run_time_s, device=cfg.device)
+    meter = meter or MeasuredLatency.from_config(cfg)
     if cfg.model == "measured":
         return build_measured(cfg, space, meter, LatencyTable(cfg.table) if cfg.table else None)
     if cfg.model == "lut":

@@ -22,20 +22,23 @@ class LatencyMeter:
         cfg = LatencyConfig(**latency)
         torch.set_num_threads(cfg.threads)
         self.space = SearchSpace.from_dict(space)
-        self.meter = MeasuredLatency(cfg.target, cfg.batch_size, cfg.threads, cfg.min_run_time_s,
-                                     device=cfg.device)
+        self.meter = MeasuredLatency.from_config(cfg)
         self.inputs = example_args(self.space, cfg.batch_size)
 
     def ready(self) -> bool:
         return True
 
-    def measure(self, arch: dict[str, Any]) -> tuple[float, str]:
-        """``(latency_ms, node_id)`` of one arch."""
+    def measure_many(self, archs: list[dict[str, Any]], run_time_s: float | None = None
+                     ) -> tuple[list[tuple[float, float]], str]:
+        """``(ms, spread)`` of each arch, timed in interleaved windows (for ``run_time_s``
+        each, see ``MeasuredLatency.longer``), and this node's id."""
         from raynas.latency.measure import timing_node
         from raynas.supernets import build_static
 
-        model = build_static(self.space, self.space.validate(arch)).eval()
-        return self.meter.measure_ms(model, self.inputs), timing_node()
+        models = [build_static(self.space, self.space.validate(a)).eval() for a in archs]
+        timings = self.meter.longer(run_time_s).measure_many(models,
+                                                             [self.inputs] * len(models))
+        return [(t.ms, t.spread) for t in timings], timing_node()
 
 
 def meter_actor(space: SearchSpace, cfg: LatencyConfig):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from raynas.checkpoint import load_checkpoint
 from raynas.config import resolve_path
+from raynas.latency.confirm import AGREEMENT
 from raynas.latency.drift import DriftMonitor
 from raynas.latency.table import LatencyTable
 from raynas.pipeline.progress import say
@@ -137,8 +138,10 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
                 storage_path=cfg.storage_path, objectives=job.objectives,
                 constraints=job.constraints, on_records=log_records, name=tune_name,
                 resume=restore, prior=prior)
+            records, front, confirmed = outcome.records, outcome.front, {}
+            if lat.model == "measured" and lat.confirm and records:
+                records, front, confirmed = _confirm(job, records, evaluator)
             stop_evaluator_actor(evaluator)
-        records, front = outcome.records, outcome.front
         save_measured(job, records)
         write_records(job.out / "evaluations.parquet", records, space)
         pareto_path = write_records(job.out / "pareto.parquet", front, space)
@@ -163,6 +166,12 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
                 records)
             halved = (f", {stopped} stopped early by halving (validation share "
                       f"{metrics['validation_share']:.2f})")
+        metrics.update(confirmed)
+        noise = job.out / "latency" / f"{cfg.latency.target}.noise.json"
+        if noise.is_file():  # the target's noise floor, from `raynas latency noise`
+            floor = json.loads(noise.read_text())
+            metrics.update({f"latency_noise_{k}": floor[k]
+                            for k in ("agreement", "median_deviation", "p90_deviation")})
         if drift.checks:
             metrics["latency_drift_checks"] = drift.checks
             metrics["latency_drift_warnings"] = drift.warnings
@@ -195,6 +204,28 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
         say(f"search: {len(records)} subnets ({unique} unique) in {outcome.wall_s:.1f} s"
             f"{halved}, Pareto front {len(front)} points -> {pareto_path}")
     return SearchSummary(records, front, pareto_path, run_id)
+
+
+def _confirm(job: Job, records: list[dict[str, Any]], evaluator
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, float]]:
+    """The confirmation pass (``raynas.latency.confirm``) through the evaluator actor: the
+    records with the candidates re-timed, the front over them, and the pass's figures."""
+    import ray
+
+    from raynas.latency.confirm import confirm
+    from raynas.search.pareto import pareto_front
+
+    lat = job.cfg.latency
+    records, figures = confirm(records, job.objectives, job.constraints, lat.confirm_margin,
+                               lambda archs: ray.get(evaluator.retime.remote(archs)))
+    front = pareto_front(records, job.objectives, job.constraints)
+    if figures["latency_confirmed"]:
+        say(f"latency: re-timed {figures['latency_confirmed']:.0f} front candidates "
+            f"(latency.confirm_margin {lat.confirm_margin:g}): "
+            f"{figures['latency_confirm_agreement']:.0%} within "
+            f"{AGREEMENT:.0%} of their first timing, {figures['latency_confirm_lowered']:.0f} "
+            f"lower by more; front {len(front)} points")
+    return records, front, figures
 
 
 def _device_fronts(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -99,6 +99,11 @@ def test_run_writes_outputs_and_a_deployable_subnet(smoke_run):
     latencies = [r["latency_ms"] for r in front]
     assert latencies == sorted(latencies)
     assert all(r["latency_target"] == "local-cpu" for r in front)
+    # Every front subnet was timed twice (latency.confirm) and keeps the lower timing.
+    for r in front:
+        assert r["latency_ms"] == min(r["latency_first_ms"], r["latency_confirm_ms"])
+    summary = json.loads((out / "search.json").read_text())
+    assert summary["latency_confirmed"] >= len(front) and "latency_confirm_agreement" in summary
     assert (out / "pareto.png").stat().st_size > 10_000
 
     # The exported subnet loads without the supernet and agrees with every other format.

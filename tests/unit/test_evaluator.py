@@ -13,7 +13,7 @@ from raynas.latency.memory import peak_memory_mb
 from raynas.space import Arch
 
 KEYS = {"arch_key", "arch", "accuracy", "test_accuracy", "loss", "test_loss", "latency_ms",
-        "latency_target",
+        "latency_target", "latency_spread",
         "latency_model", "latency_node", "flops", "params", "peak_memory_mb", "eval_device",
         "eval_s",
         "evaluated_at"}
@@ -26,6 +26,36 @@ def evaluator(tiny_checkpoint, tiny_space):
                    expected_space=tiny_space.to_dict())
     yield ev
     torch.set_num_threads(1)
+
+
+def test_retime_times_again_side_by_side(evaluator, tiny_space):
+    archs = [tiny_space.largest().to_dict(), tiny_space.smallest().to_dict()]
+    first = evaluator.evaluate(archs)
+    again = evaluator.retime(archs)
+    assert [set(r) for r in again] == [{"latency_confirm_ms", "latency_confirm_spread",
+                                       "latency_node"}] * 2
+    # Each timing is its own arch's, in order: the largest subnet is the slower one (a
+    # loaded machine may inflate either timing, so their values are not compared).
+    assert again[0]["latency_confirm_ms"] > again[1]["latency_confirm_ms"]
+    assert first[0]["params"] > first[1]["params"]
+    assert evaluator.retime([]) == []
+
+
+def test_retime_takes_the_confirmation_s_own_time(evaluator, tiny_space):
+    import time
+
+    archs = [tiny_space.largest().to_dict(), tiny_space.smallest().to_dict()]
+    assert evaluator.confirm_run_time_s == 0.1  # latency.confirm_run_time_s's default
+    took = {}
+    try:
+        for run_time_s in (0.25, 0.01):
+            evaluator.confirm_run_time_s = run_time_s
+            t0 = time.perf_counter()
+            evaluator.retime(archs)
+            took[run_time_s] = time.perf_counter() - t0
+    finally:
+        evaluator.confirm_run_time_s = 0.1
+    assert took[0.25] >= 0.5 > took[0.01], took  # each arch timed for that long
 
 
 def test_records(evaluator, tiny_space):
