@@ -225,3 +225,17 @@ def cmd_latency_profile(args: argparse.Namespace) -> int:
     job = _load_job(args)
     job.profile_latency(args.n, out=args.out, lut=args.lut)
     return 0
+
+
+def cmd_latency_noise(args: argparse.Namespace) -> int:
+    """``raynas latency noise``: the noise floor of measured latency on a job's device."""
+    if args.n < 1:
+        raise ConfigError(f"--n = {args.n}: must be at least 1")
+    if args.repeats < 2:
+        raise ConfigError(f"--repeats = {args.repeats}: must be at least 2 (a first timing "
+                          "and one to compare with it)")
+    job = _load_job(args)
+    from raynas.pipeline.latency import latency_noise
+
+    latency_noise(job, args.n, args.repeats, args.target)
+    return 0

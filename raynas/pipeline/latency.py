@@ -4,6 +4,7 @@ per-op lookup table), and fitting a latency predictor on such a table."""
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import statistics
 import time
@@ -37,20 +38,10 @@ def profile_latency(job: Job, n: int, out: str | Path | None = None,
     lat = cfg.latency
     path = Path(out) if out else (resolve_path(cfg, lat.table) if lat.table else
                                   job.out / "latency" / f"{lat.target}.parquet")
-    size = space.size()
-    if size is not None and size <= n:
-        archs = list(space.enumerate())
-    else:
-        rng, seen, archs = random.Random(cfg.seed), set(), []
-        while len(archs) < n:
-            a = space.sample(rng)
-            if a.key not in seen:
-                seen.add(a.key)
-                archs.append(a)
+    archs = distinct_archs(space, n, cfg.seed)
     table = LatencyTable(path)
     before = len(table)
-    meter = MeasuredLatency(lat.target, lat.batch_size, lat.threads, lat.min_run_time_s,
-                            device=lat.device)
+    meter = MeasuredLatency.from_config(lat)
     flops = flops_of(space)
     t0 = time.perf_counter()
     with job.stage_run("latency-profile", None):
@@ -58,7 +49,8 @@ def profile_latency(job: Job, n: int, out: str | Path | None = None,
         tracker.log_params({"target": lat.target, "batch_size": lat.batch_size,
                             "threads": lat.threads, "n": len(archs),
                             "space": space.name, "resource": lat.resource,
-                            "min_run_time_s": lat.min_run_time_s})
+                            "min_run_time_s": lat.min_run_time_s, "windows": lat.windows,
+                            "estimator": lat.estimator})
         with job.ray("profile") if lat.resource else contextlib.nullcontext():
             model = build_measured(lat, space, meter, table)
             where = f"on Ray nodes with resource {lat.resource!r}" if lat.resource else "here"
@@ -103,6 +95,78 @@ def profile_latency(job: Job, n: int, out: str | Path | None = None,
         f"[{metrics['min_ms']:.3f}-{metrics['max_ms']:.3f}], {metrics['new_rows']} new rows "
         f"in {metrics['profile_wall_s']:.1f} s -> {path}")
     return result
+
+
+def distinct_archs(space: SearchSpace, n: int, seed: int) -> list:
+    """``n`` distinct seeded random subnets of ``space`` (all of a smaller space)."""
+    size = space.size()
+    if size is not None and size <= n:
+        return list(space.enumerate())
+    rng, seen, archs = random.Random(seed), set(), []
+    while len(archs) < n:
+        a = space.sample(rng)
+        if a.key not in seen:
+            seen.add(a.key)
+            archs.append(a)
+    return archs
+
+
+def latency_noise(job: Job, n: int, repeats: int, device: str | None = None
+                  ) -> dict[str, Any]:
+    """The noise floor of measured latency on one of the job's devices (``device``: a
+    ``latency.targets`` name; None, the job's target): ``n`` distinct seeded subnets, each
+    timed ``repeats`` times by the job's timing protocol (one pass over them all, then the
+    next), and how far each repeat lands from the subnet's first timing. Written to
+    ``<output dir>/latency/<target>.noise.json``, which a search of the job then logs;
+    tracked as a ``latency-noise`` run."""
+    from raynas.latency.confirm import AGREEMENT
+    from raynas.latency.measure import MeasuredLatency
+    from raynas.latency.models import build_measured
+    from raynas.latency.targets import device_latency
+
+    cfg, space = job.cfg, job.space
+    lat = device_latency(cfg.latency, device) or cfg.latency
+    archs = distinct_archs(space, n, cfg.seed)
+    path = job.out / "latency" / f"{lat.target}.noise.json"
+    times: list[list[float]] = [[] for _ in archs]
+    spreads: list[float] = []
+    t0 = time.perf_counter()
+    with job.stage_run("latency-noise", None):
+        settings = {"target": lat.target, "subnets": len(archs), "repeats": repeats,
+                    "batch_size": lat.batch_size, "threads": lat.threads,
+                    "min_run_time_s": lat.min_run_time_s, "windows": lat.windows,
+                    "estimator": lat.estimator, "resource": lat.resource}
+        job.tracker.log_params(settings)
+        with job.ray("noise") if lat.resource else contextlib.nullcontext():
+            model = build_measured(lat, space, MeasuredLatency.from_config(lat))
+            say(f"latency noise: {len(archs)} subnets of {space.name} timed {repeats} times "
+                f"on target {lat.target!r} ({lat.windows} windows, {lat.estimator}, "
+                f"{lat.min_run_time_s:g} s each)")
+            for p in range(repeats):
+                for i, arch in enumerate(archs):
+                    ((ms, spread),) = model.retime([arch])
+                    times[i].append(ms)
+                    spreads.append(spread)
+                say(f"latency noise: pass {p + 1}/{repeats} done")
+        deviations = [abs(t[k] / t[0] - 1.0) for t in times for k in range(1, repeats)]
+        agree = sum(all(abs(t[k] / t[0] - 1.0) <= AGREEMENT for k in range(1, repeats))
+                    for t in times) / len(times)
+        q = statistics.quantiles(deviations, n=10) if len(deviations) > 1 else deviations * 9
+        metrics = {"agreement": agree, "median_deviation": statistics.median(deviations),
+                   "p90_deviation": q[8], "max_deviation": max(deviations),
+                   "median_spread": statistics.median(spreads),
+                   "median_ms": statistics.median(t[0] for t in times),
+                   "noise_wall_s": time.perf_counter() - t0}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**settings, **metrics, "when": time.time(),
+                                    "times_ms": times}, indent=1))
+        job.tracker.log_metrics(metrics)
+        job.tracker.log_artifact(path)
+    say(f"latency noise on {lat.target!r}: {agree:.0%} of subnets time again within "
+        f"{AGREEMENT:.0%} of their first timing; deviation median "
+        f"{metrics['median_deviation']:.1%}, 90th percentile {metrics['p90_deviation']:.1%}, "
+        f"largest {metrics['max_deviation']:.1%} -> {path}")
+    return {"path": str(path), **settings, **metrics}
 
 
 def _build_lut(space: SearchSpace, lat, meter, job_address: str | None):

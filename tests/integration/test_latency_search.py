@@ -69,21 +69,35 @@ def test_measured_on_the_target_node_with_a_cache(smoke_run, run_cli):
                         "latency.resource=target:bench", "ray.resources={'target:bench': 1}",
                         f"latency.table={table}", OWN, *extra], cwd, uri)
 
+    # The target's noise floor first, measured on its node; the search logs it.
+    target = ["latency.resource=target:bench", "ray.resources={'target:bench': 1}", OWN]
+    run_cli(["latency", "noise", str(SMOKE), "--n", "4", "--output-dir", str(out), *target],
+            cwd, uri)
+    floor = json.loads((out / "latency" / "local-cpu.noise.json").read_text())
+    assert len(floor["times_ms"]) == 4 and floor["resource"] == "target:bench"
     search(out, "search.searcher=hat_evolution", "search.budget=24")
+    logged = _search_runs(MlflowClient(uri))[0].data.metrics
+    assert logged["latency_noise_agreement"] == floor["agreement"]
     records = pq.read_table(out / "evaluations.parquet").to_pylist()
     assert len(records) == 24
     nodes = {r["latency_node"] for r in records}
     assert len(nodes) == 1 and all(len(n) == 56 for n in nodes)  # Ray node ids, hex
+    # The front was timed again on the target's node too (the confirmation pass).
+    front = pq.read_table(out / "pareto.parquet").to_pylist()
+    assert front and all(r["latency_confirm_ms"] > 0 and r["latency_node"] in nodes
+                         for r in front)
     cached = LatencyTable(table)
     assert len(cached) == 24
     for r in records:
         key = [row for row in cached.records() if row["arch_key"] == r["arch_key"]]
         assert key and key[0]["latency_ms"] == pytest.approx(r["latency_ms"])
 
-    # Again, with another searcher: measured latencies come from the table, not the node.
+    # Again, with another searcher: measured latencies come from the table, not the node,
+    # and without the confirmation pass none is timed again.
     out2 = cwd / "target-out-2"
-    search(out2, "search.searcher=nevergrad", "search.budget=16")
+    search(out2, "search.searcher=nevergrad", "search.budget=16", "latency.confirm=false")
     again = pq.read_table(out2 / "evaluations.parquet").to_pylist()
+    assert not any(r.get("latency_confirm_ms") for r in again)
     known = {r["arch_key"]: r["latency_ms"] for r in records}
     reused = [r for r in again if r["arch_key"] in known]
     for r in reused:

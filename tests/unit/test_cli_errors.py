@@ -398,12 +398,26 @@ def test_help(argv, capsys):
 
 
 @pytest.mark.parametrize("argv", [["spaces", "list"], ["spaces", "show"],
-                                  ["latency", "profile"], ["latency", "fit"]])
+                                  ["latency", "profile"], ["latency", "fit"],
+                                  ["latency", "noise"]])
 def test_help_actions(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main([*argv, "--help"])
     assert e.value.code == 0
     assert "example" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--repeats", "1"], ["--repeats = 1", "at least 2"]),
+    (["--n", "0"], ["--n = 0", "at least 1"]),
+    (["--target", "phone"], ["'phone' is not a device of this job", "local-cpu"]),
+    (["latency.windows=0"], ["latency.windows = 0"]),
+])
+def test_latency_noise_errors(cli, quickstart_job, args, needles, tmp_path):
+    rc, _, err = cli("latency", "noise", quickstart_job, "--output-dir", str(tmp_path / "o"),
+                     *args)
+    assert_one_error_line(rc, err, *needles)
+    assert not (tmp_path / "o" / "latency").exists()
 
 
 def test_export_budget_errors(cli, quickstart_job, digits_checkpoint, pareto_file, no_work,

@@ -1,4 +1,4 @@
-"""`raynas latency profile|fit` end to end on the tiny space (real MLflow sqlite store, no
+"""`raynas latency profile|fit|noise` end to end on the tiny space (real MLflow sqlite store, no
 Ray), and a fitted predictor serving an evaluator."""
 
 from __future__ import annotations
@@ -111,3 +111,30 @@ def test_latency_cli_errors(profiled, repo_root, capsys, argv, needle):
     rc = main(["latency", *argv])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_noise_times_each_subnet_again_and_reports_the_spread(profiled, repo_root, capsys):
+    import json
+
+    from mlflow import MlflowClient
+
+    tmp, _, _ = profiled
+    rc = main(["latency", "noise", str(repo_root / "jobs" / "smoke.yaml"), "--n", "6",
+               "--repeats", "3", "--output-dir", str(tmp / "noise"),
+               "latency.min_run_time_s=0.004"])
+    assert rc == 0
+    assert "of subnets time again within 10% of their first timing" in capsys.readouterr().out
+    floor = json.loads((tmp / "noise" / "latency" / "local-cpu.noise.json").read_text())
+    times = floor["times_ms"]
+    assert len(times) == 6 and all(len(t) == 3 and min(t) > 0 for t in times)
+    assert (floor["windows"], floor["estimator"]) == (5, "min")
+    # The figures are those of the raw timings.
+    agree = sum(all(abs(t[k] / t[0] - 1) <= 0.1 for k in (1, 2)) for t in times) / 6
+    assert floor["agreement"] == pytest.approx(agree)
+    worst = max(abs(t[k] / t[0] - 1) for t in times for k in (1, 2))
+    assert floor["max_deviation"] == pytest.approx(worst)
+    run = MlflowClient(f"sqlite:///{tmp / 'mlruns.db'}").search_runs(
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{tmp / 'mlruns.db'}")
+         .search_experiments()], "tags.`raynas.stage` = 'latency-noise'")[0]
+    assert run.data.metrics["agreement"] == pytest.approx(agree)
+    assert run.data.params["estimator"] == "min"
