@@ -2,7 +2,9 @@
 lookup table against measured latency of held-out digits_cnn subnets.
 
 Dataset: N distinct random subnets of digits_cnn, each timed twice (two full passes, A then
-B; ``MeasuredLatency``: batch 1, 1 thread, warm-up, median of a 20 ms window); a subnet's
+B; ``MeasuredLatency(min_run_time_s=0.02)``: batch 1, 1 thread, warm-up, its default
+protocol, the fastest block over 5 windows; the results of 2026-11-23 were taken with the
+former one, the median of one 20 ms window); a subnet's
 measured latency is the mean of its two medians. The two passes also give the noise floor:
 the share of subnets whose pass-B median lies within 10% of pass A's.
 
@@ -29,6 +31,7 @@ from raynas.latency.lut import LatencyLUT
 from raynas.latency.measure import MeasuredLatency, count_flops
 from raynas.latency.predictor import fit_predictor, regression_metrics
 from raynas.latency.table import LatencyTable
+from raynas.pipeline.latency import distinct_archs
 from raynas.space.registry import load_space
 from raynas.supernets import build_static
 
@@ -50,12 +53,7 @@ def main() -> None:
     torch.set_num_threads(1)
     space = load_space("digits_cnn")
     meter = MeasuredLatency(min_run_time_s=0.02)
-    rng, seen, archs = random.Random(0), set(), []
-    while len(archs) < args.n:
-        a = space.sample(rng)
-        if a.key not in seen:
-            seen.add(a.key)
-            archs.append(a)
+    archs = distinct_archs(space, args.n, 0)
     models = [build_static(space, a).eval() for a in archs]
     shape = (1, 8, 8)
     example = torch.randn(1, *shape)

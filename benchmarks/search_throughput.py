@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import io
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from raynas.checkpoint import save_checkpoint
 from raynas.config import build_config
 from raynas.evaluation.actor import create_evaluator_actor, evaluator_args, stop_evaluator_actor
 from raynas.evaluation.evaluator import Evaluator
+from raynas.pipeline.latency import distinct_archs
 from raynas.runtime import ray_session
 from raynas.search.searchers import AskTellSearcher
 from raynas.space import SearchSpace
@@ -65,17 +65,6 @@ class ReplaySearcher(AskTellSearcher):
 
     def tell(self, token, values):
         self.told[token] = values
-
-
-def distinct_archs(space: SearchSpace, n: int, seed: int):
-    rng = random.Random(seed)
-    seen, out = set(), []
-    while len(out) < n:
-        a = space.sample(rng)
-        if a.key not in seen:
-            seen.add(a.key)
-            out.append(a)
-    return out
 
 
 def run_raw(cfg, ckpt, space, archs) -> dict:

@@ -209,7 +209,7 @@ class Evaluator:
         }
         if self.latency.node is not None:
             record["latency_node"] = self.latency.node
-        if getattr(self.latency, "spread", None) is not None:
+        if self.latency.spread is not None:
             record["latency_spread"] = self.latency.spread
         for name, model in self.targets:
             record[target_column(name)] = model.latency_ms(arch, cpu)

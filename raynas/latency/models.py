@@ -34,6 +34,7 @@ class LatencyModel(ABC):
     def __init__(self, space: SearchSpace, target: str):
         self.space, self.target = space, target
         self.node: str | None = None  # where the last value was measured, if it was
+        self.spread: float | None = None  # the last timing's window spread, if it was timed
 
     @abstractmethod
     def latency_ms(self, arch: Arch, static: nn.Module | None = None) -> float: ...
@@ -48,7 +49,6 @@ class MeasuredModel(LatencyModel):
         self.meter, self.table, self.remote = meter, table, remote
         self.inputs = input_key(space, meter.batch_size)  # part of a table row's key
         self.hits = 0
-        self.spread: float | None = None  # the last timing's window spread, if it was timed
 
     def latency_ms(self, arch, static=None):
         m = self.meter

@@ -111,6 +111,11 @@ def distinct_archs(space: SearchSpace, n: int, seed: int) -> list:
     return archs
 
 
+def noise_path(job: Job, target: str) -> Path:
+    """Where ``raynas latency noise`` writes a target's noise floor (a search reads it)."""
+    return job.out / "latency" / f"{target}.noise.json"
+
+
 def latency_noise(job: Job, n: int, repeats: int, device: str | None = None
                   ) -> dict[str, Any]:
     """The noise floor of measured latency on one of the job's devices (``device``: a
@@ -127,7 +132,7 @@ def latency_noise(job: Job, n: int, repeats: int, device: str | None = None
     cfg, space = job.cfg, job.space
     lat = device_latency(cfg.latency, device) or cfg.latency
     archs = distinct_archs(space, n, cfg.seed)
-    path = job.out / "latency" / f"{lat.target}.noise.json"
+    path = noise_path(job, lat.target)
     times: list[list[float]] = [[] for _ in archs]
     spreads: list[float] = []
     t0 = time.perf_counter()

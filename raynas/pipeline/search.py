@@ -15,9 +15,10 @@ from raynas.config import resolve_path
 from raynas.latency.confirm import AGREEMENT
 from raynas.latency.drift import DriftMonitor
 from raynas.latency.table import LatencyTable
+from raynas.pipeline.latency import noise_path
 from raynas.pipeline.progress import say
 from raynas.runtime import kill_point
-from raynas.search.pareto import default_reference, hypervolume
+from raynas.search.pareto import default_reference, hypervolume, pareto_front
 from raynas.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
             halved = (f", {stopped} stopped early by halving (validation share "
                       f"{metrics['validation_share']:.2f})")
         metrics.update(confirmed)
-        noise = job.out / "latency" / f"{cfg.latency.target}.noise.json"
+        noise = noise_path(job, cfg.latency.target)
         if noise.is_file():  # the target's noise floor, from `raynas latency noise`
             floor = json.loads(noise.read_text())
             metrics.update({f"latency_noise_{k}": floor[k]
@@ -213,7 +214,6 @@ def _confirm(job: Job, records: list[dict[str, Any]], evaluator
     import ray
 
     from raynas.latency.confirm import confirm
-    from raynas.search.pareto import pareto_front
 
     lat = job.cfg.latency
     records, figures = confirm(records, job.objectives, job.constraints, lat.confirm_margin,
