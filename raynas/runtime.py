@@ -296,9 +296,10 @@ _TUNE_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"
 def wait_ready(ref: Any, what: str, timeout_s: float | None,
                every_s: float = REPORT_EVERY_S, say: Callable[[str], None] | None = None,
                timeout_message: str | None = None, report: bool = True) -> Any:
-    """``ray.get(ref)`` for an actor's first call (its ``ready``): while the actor is not up
-    yet (placed, then constructed) say so every ``every_s`` seconds (unless ``report`` is
-    false: on the embedded Ray a wait is only the actor starting), and raise
+    """``ray.get(ref)`` for an actor's first call (its ``ready``; a list: several actors'):
+    while an actor is not up yet (placed, then constructed) say so every ``every_s`` seconds
+    (unless ``report`` is false: on the embedded Ray a wait is only the actor starting), and
+    raise
     ``ResourceError`` after ``timeout_s`` (None: wait for ever)."""
     import ray
 
@@ -307,8 +308,9 @@ def wait_ready(ref: Any, what: str, timeout_s: float | None,
     while True:
         waited = time.monotonic() - t0
         step = every_s if timeout_s is None else max(0.0, min(every_s, timeout_s - waited))
-        done, _ = ray.wait([ref], timeout=step)
-        if done:
+        refs = ref if isinstance(ref, list) else [ref]
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=step)
+        if len(done) == len(refs):
             return ray.get(ref)
         waited = time.monotonic() - t0
         if timeout_s is not None and waited >= timeout_s:

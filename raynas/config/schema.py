@@ -165,7 +165,14 @@ class SearchConfig(_Section):
     searcher: str = "optuna_nsga2"
     budget: int = Field(200, ge=1, description="subnets to evaluate")
     subnets_per_trial: int = Field(16, ge=1, description="subnets each Tune trial evaluates")
-    max_concurrent_trials: int = Field(2, ge=1)
+    evaluators: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        "auto", description="evaluator actors scoring subnets in parallel, each holding the "
+        "trained weights ('auto': as many as the free CPUs, or GPUs with evaluator.num_gpus, "
+        "of nodes that carry no latency target allow, with 8 batches each at least, and 1 at "
+        "least); with several, one shared meter per target times latency")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="Tune trials in flight (default: 2 per evaluator, so each "
+        "evaluator has its next batch queued)")
     latency_budget_ms: float | None = Field(None, gt=0)
     constraints: list[str] = Field(
         default_factory=list, description="budgets on any metric a subnet's record holds, "

@@ -47,7 +47,7 @@ class Evaluator:
     test split as ``test_<name>``, ``latency_ms`` with ``latency_target``, ``latency_model``,
     ``flops``, ``params``, ``peak_memory_mb`` (one inference at the latency batch size,
     ``raynas.latency.memory``), ``eval_device`` (where it was scored: cpu or cuda), ``eval_s`` and
-    ``evaluated_at`` (unix time);
+    ``evaluated_at`` (unix time), in an evaluator pool ``evaluator`` (which one, from 0);
     ``latency_measured_ms`` too where the subnet was also timed to check a non-measured
     latency model, ``latency_node`` wherever a latency was measured and ``latency_spread``
     (its timing windows' spread, ``raynas.latency.measure.Timing``) wherever the job's own
@@ -56,19 +56,22 @@ class Evaluator:
     over it and the test metrics NaN).
     """
 
+    index: int | None = None  # in a pool of evaluator actors
+
     def __init__(self, checkpoint: str | bytes, data: Mapping[str, Any],
                  latency: Mapping[str, Any], evaluator: Mapping[str, Any] | None = None,
                  expected_space: dict | None = None, threads: int = 1,
                  known: Sequence[Mapping[str, Any]] = (), task: Mapping[str, Any] | None = None,
                  device: str = "cpu", seed: int = 0, weights: Mapping[str, Any] | None = None,
                  objectives: Sequence[Sequence[Any]] = (),
-                 constraints: Sequence[Sequence[Any]] = ()):
+                 constraints: Sequence[Sequence[Any]] = (), shared_meter: bool = False):
         """``checkpoint``: a checkpoint directory, or its ``supernet.pt`` bytes. ``known``:
         records evaluated before (a resumed search); asking for them costs nothing.
         ``weights``: the job's weight scheme, checked against the checkpoint's (None: the
         checkpoint's, unchecked). ``objectives`` (``(metric, goal)`` pairs) and
         ``constraints`` (``(metric, limit)``): the search's, which halving judges by; without
-        objectives every subnet is scored in full."""
+        objectives every subnet is scored in full. ``shared_meter``: time in the job's one
+        meter actor per target (an evaluator pool), not in this process."""
         torch.set_num_threads(threads)
         expected = SearchSpace.from_dict(expected_space) if expected_space else None
         state = load_checkpoint(checkpoint, expected=expected, weights=weights)
@@ -93,9 +96,10 @@ class Evaluator:
             self.data.train, self.cfg.calib_batches, self.cfg.calib_batch_size, seed)]
         lat = LatencyConfig(**latency)
         self.meter = MeasuredLatency.from_config(lat)
-        self.latency: LatencyModel = build_latency_model(lat, self.space, self.meter)
+        self.latency: LatencyModel = build_latency_model(lat, self.space, self.meter,
+                                                         shared_meter)
         self.measured = (self.latency if self.latency.kind == "measured"
-                         else build_measured(lat, self.space, self.meter))
+                         else build_measured(lat, self.space, self.meter, shared=shared_meter))
         self.drift_share = lat.drift_share if self.latency.kind != "measured" else 0.0
         # latency.targets: more devices every subnet is timed on (latency_ms/<name>).
         self.confirm_run_time_s = lat.confirm_run_time_s
@@ -144,6 +148,8 @@ class Evaluator:
         record = self.score(arch, self.prepare(arch))
         record["eval_s"] = time.perf_counter() - t0
         record["evaluated_at"] = time.time()
+        if self.index is not None:  # which of a pool's evaluators scored it
+            record["evaluator"] = self.index
         self._cache[arch.key] = record
         self.scored += 1
         if self.halving is not None:

@@ -73,7 +73,7 @@ class MeasuredModel(LatencyModel):
             import ray
 
             out, self.node = ray.get(self.remote.measure_many.remote(
-                [a.to_dict() for a in archs], run_time_s))
+                [a.to_dict() for a in archs], run_time_s, statics))
             return [tuple(t) for t in out]
         from raynas.supernets import build_static
         from raynas.tasks import example_args
@@ -134,10 +134,11 @@ def _check_setting(what: str, path: str, have: Mapping[str, Any], cfg: LatencyCo
 
 
 def build_measured(cfg: LatencyConfig, space: SearchSpace, meter: MeasuredLatency,
-                   table: LatencyTable | None = None) -> MeasuredModel:
-    """Timing on the target: here, or in the meter actor on the node with ``cfg.resource``."""
+                   table: LatencyTable | None = None, shared: bool = False) -> MeasuredModel:
+    """Timing on the target: here, or in the meter actor on the node with ``cfg.resource``
+    (``shared``: in the job's one meter actor even without a resource: an evaluator pool)."""
     remote = None
-    if cfg.resource:
+    if cfg.resource or shared:
         from raynas.latency.remote import meter_actor
 
         remote = meter_actor(space, cfg)
@@ -145,13 +146,16 @@ def build_measured(cfg: LatencyConfig, space: SearchSpace, meter: MeasuredLatenc
 
 
 def build_latency_model(cfg: LatencyConfig | Mapping[str, Any], space: SearchSpace,
-                        meter: MeasuredLatency | None = None) -> LatencyModel:
-    """The job's latency model (paths in ``cfg`` already resolved by the caller)."""
+                        meter: MeasuredLatency | None = None, shared: bool = False
+                        ) -> LatencyModel:
+    """The job's latency model (paths in ``cfg`` already resolved by the caller; ``shared``:
+    see ``build_measured``)."""
     if not isinstance(cfg, LatencyConfig):
         cfg = LatencyConfig(**cfg)
     meter = meter or MeasuredLatency.from_config(cfg)
     if cfg.model == "measured":
-        return build_measured(cfg, space, meter, LatencyTable(cfg.table) if cfg.table else None)
+        return build_measured(cfg, space, meter, LatencyTable(cfg.table) if cfg.table else None,
+                              shared)
     if cfg.model == "lut":
         from raynas.latency.lut import LatencyLUT
 

@@ -1,5 +1,6 @@
-"""The search stage: subnets of the trained supernet searched through Ray Tune and the
-shared evaluator actor; every evaluation kept in ``evaluations.parquet`` and MLflow."""
+"""The search stage: subnets of the trained supernet searched through Ray Tune and a pool
+of evaluator actors; every evaluation kept in ``evaluations.parquet`` (a part appended per
+batch while the search runs, one file when it ends) and MLflow."""
 
 from __future__ import annotations
 
@@ -54,11 +55,13 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
     (trials and searcher state), and the subnets it had evaluated are not evaluated
     again nor logged twice.
     """
-    from raynas.evaluation.actor import create_evaluator_actor, stop_evaluator_actor
+    from raynas.evaluation.actor import create_evaluator_pool, pool_size, stop_evaluator_actor
+    from raynas.latency.remote import meter_actor, stop_meter
+    from raynas.runtime import is_embedded
     from raynas.search.plot import plot_pareto
     from raynas.search.registry import create_searcher
     from raynas.search.report import write_report
-    from raynas.search.results import read_records, write_records
+    from raynas.search.results import append_records, parts_dir, read_records, write_records
     from raynas.search.tune_driver import can_resume, run_search
 
     cfg, space, tracker = job.cfg, job.space, job.tracker
@@ -71,7 +74,10 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
             job.log_config()
         tune_name = resume.get("tune_name") or f"search-{run_id or uuid.uuid4().hex}"[:15]
         table = job.out / "evaluations.parquet"
-        prior = read_records(table) if resume and table.is_file() else []
+        prior = read_records(table) if resume and (table.is_file() or parts_dir(
+            table).is_dir()) else []
+        if prior:  # one file again: this run's batches append after its rows
+            write_records(table, prior, space)
         restore = bool(resume) and can_resume(cfg.storage_path, tune_name)
         if resume:
             say(f"search: resuming with {len(prior)} subnets evaluated before"
@@ -83,19 +89,26 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
         tracker.set_tags({"raynas.checkpoint": str(Path(checkpoint).resolve()),
                           **({"raynas.train_run_id": train_run_id} if train_run_id else {})})
         with job.ray("search"):
-            if cfg.latency.resource:  # a missing target node fails here, clearly
-                from raynas.latency.remote import meter_actor
-
-                meter_actor(space, cfg.latency)
-            evaluator = create_evaluator_actor(cfg, checkpoint, space, known=prior,
-                                               objectives=job.objectives,
-                                               constraints=job.constraints)
+            n = pool_size(cfg)
+            meter = None
+            if cfg.latency.resource or n > 1:
+                # The job's one meter for its target, owned (and its handle held) here so
+                # that it outlives any evaluator; a missing target node fails here, clearly.
+                meter = meter_actor(space, cfg.latency)
+            # On the embedded Ray the evaluators load while Tune starts; on a cluster the
+            # driver waits for them first, saying so while they are being placed.
+            pool, ready = create_evaluator_pool(cfg, checkpoint, space, n, known=prior,
+                                                objectives=job.objectives,
+                                                constraints=job.constraints,
+                                                wait=not is_embedded(cfg.ray.address))
             searcher = create_searcher(
                 s.searcher, space=space, objectives=job.objectives,
                 constraints=job.constraints, seed=cfg.seed,
                 **{"population_size": s.population_size, **s.options})
+            concurrent = s.max_concurrent_trials or 2 * n
             say(f"search: {s.searcher}, {s.budget} subnets, {s.subnets_per_trial} per "
-                f"Tune trial" + (f", budgets {', '.join(map(str, job.constraints))}"
+                f"Tune trial, {n} evaluator{'s' if n > 1 else ''}, {concurrent} trials at "
+                f"once" + (f", budgets {', '.join(map(str, job.constraints))}"
                                  if job.constraints else ""))
             # One MLflow series per objective, plus latency (the front's other axis).
             logged = list(dict.fromkeys([o.name for o in job.objectives] + ["latency_ms"]))
@@ -119,8 +132,8 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
 
             def log_records(batch: list[dict[str, Any]]) -> None:
                 start = len(so_far)
-                so_far.extend(batch)  # the table grows as results arrive
-                write_records(job.out / "evaluations.parquet", so_far, space)
+                so_far.extend(batch)  # the table grows as results arrive, a part a batch
+                append_records(table, batch, space, start)
                 kill_point("search.records_written")  # tests: lose the driver right here
                 tracker.log_metric_rows([(start + i, row_of(r)) for i, r in enumerate(batch)])
                 n = len(so_far) - 1
@@ -132,17 +145,24 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
                     say(f"WARNING: {warning}")
                     tracker.set_tags({"raynas.latency_drift": "warning"})
 
-            outcome = run_search(
-                searcher, evaluator, budget=s.budget,
-                subnets_per_trial=s.subnets_per_trial,
-                max_concurrent_trials=s.max_concurrent_trials,
-                storage_path=cfg.storage_path, objectives=job.objectives,
-                constraints=job.constraints, on_records=log_records, name=tune_name,
-                resume=restore, prior=prior)
+            try:
+                outcome = run_search(
+                    searcher, pool, budget=s.budget, subnets_per_trial=s.subnets_per_trial,
+                    max_concurrent_trials=concurrent, storage_path=cfg.storage_path,
+                    objectives=job.objectives, constraints=job.constraints,
+                    on_records=log_records, name=tune_name, resume=restore, prior=prior)
+            except RuntimeError:
+                import ray
+
+                ray.get(ready)  # an evaluator that could not load says why, first
+                raise
             records, front, confirmed = outcome.records, outcome.front, {}
             if lat.model == "measured" and lat.confirm and records:
-                records, front, confirmed = _confirm(job, records, evaluator)
-            stop_evaluator_actor(evaluator)
+                records, front, confirmed = _confirm(job, records, pool[0])
+            for handle in pool:
+                stop_evaluator_actor(handle)
+            if meter is not None:
+                stop_meter(space, cfg.latency)
         save_measured(job, records)
         write_records(job.out / "evaluations.parquet", records, space)
         pareto_path = write_records(job.out / "pareto.parquet", front, space)
@@ -155,7 +175,7 @@ def search_stage(job: Job, checkpoint: str | Path, parent_id: str | None = None,
         metrics = {
             "evaluated": len(records), "unique_subnets": unique, "front_size": len(front),
             "hypervolume": hypervolume(records, job.objectives, reference, job.constraints),
-            "search_wall_s": outcome.wall_s,
+            "search_wall_s": outcome.wall_s, "evaluators": n,
             "subnets_per_s": len(records) / max(outcome.wall_s, 1e-9),
         }
         metrics["eval_s"] = sum(float(r.get("eval_s") or 0.0) for r in records)

@@ -6,8 +6,9 @@ search and some scheduling per trial. So each trial carries a *batch* of
 one call, and a few trials run at once so the actor always has the next batch queued. Trials
 pass arch dicts and get metrics back; they never see weights.
 
-The evaluator is anything with an ``evaluate.remote(list_of_arch_dicts)`` method: the live
-evaluator actor, or a replay table served the same way.
+The evaluator is anything with an ``evaluate.remote(list_of_arch_dicts)`` method (the live
+evaluator actor, or a replay table served the same way), or a list of them: a pool, each
+batch sent to the evaluator with the fewest batches in flight.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class BatchSearcher(Searcher):
     """
 
     def __init__(self, searcher: AskTellSearcher, budget: int, batch_size: int,
-                 max_repeats: int = 50):
+                 max_repeats: int = 50, slots: int = 1):
         super().__init__(metric=None, mode=None)
         # Not named `searcher`: Tune unwraps wrapped searchers through that attribute.
         self._asktell, self.budget, self.batch_size = searcher, budget, batch_size
@@ -53,6 +54,14 @@ class BatchSearcher(Searcher):
         self._known: set[str] = set()  # arch keys evaluated
         self._in_flight: set[str] = set()  # arch keys being evaluated
         self._exhausted = False
+        self.slots = slots  # evaluators in the pool; each batch goes to the least busy
+        self._slot_of: dict[str, int] = {}  # trial -> its evaluator
+
+    def _free_slot(self) -> int:
+        busy = [0] * self.slots
+        for slot in self._slot_of.values():
+            busy[slot % self.slots] += 1
+        return busy.index(min(busy))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         remaining = self.budget - self.suggested
@@ -77,12 +86,14 @@ class BatchSearcher(Searcher):
             return Searcher.FINISHED if not self._in_flight else None
         self.suggested += len(batch)
         self._pending[trial_id] = [(token, arch.key) for token, arch in batch]
-        return {"archs": [arch.to_dict() for _, arch in batch]}
+        slot = self._slot_of[trial_id] = self._free_slot()
+        return {"archs": [arch.to_dict() for _, arch in batch], "slot": slot}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         records = {} if error or not result else {
             r["arch_key"]: r for r in result.get("records") or []}
+        self._slot_of.pop(trial_id, None)
         for token, key in self._pending.pop(trial_id, []):
             record = records.get(key)
             self._in_flight.discard(key)
@@ -96,7 +107,7 @@ class BatchSearcher(Searcher):
         return {"asktell": self._asktell, "suggested": self.suggested,
                 "pending": dict(self._pending), "known": set(self._known),
                 "in_flight": set(self._in_flight),
-                "exhausted": self._exhausted}
+                "exhausted": self._exhausted, "slot_of": dict(self._slot_of)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._asktell = state["asktell"]
@@ -105,6 +116,7 @@ class BatchSearcher(Searcher):
         self._known = set(state["known"])
         self._in_flight = set(state["in_flight"])
         self._exhausted = state["exhausted"]
+        self._slot_of = dict(state.get("slot_of", {}))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -115,10 +127,16 @@ class BatchSearcher(Searcher):
             self.set_state(cloudpickle.load(f))
 
 
+# What each Tune trial asks Ray for: it only waits on an evaluator, so no CPU (the
+# evaluators hold those); Tune needs some resource in a request, so a token of memory.
+TRIAL_RESOURCES = {"cpu": 0, "memory": 1 << 20}
+
+
 def _evaluate_batch(config: dict[str, Any], evaluator) -> None:
     import ray
 
-    records = ray.get(evaluator.evaluate.remote(config["archs"]))
+    pool = evaluator if isinstance(evaluator, list) else [evaluator]
+    records = ray.get(pool[config.get("slot", 0) % len(pool)].evaluate.remote(config["archs"]))
     tune.report({"records": records, "n": len(records)})
 
 
@@ -195,7 +213,7 @@ def run_search(searcher: AskTellSearcher, evaluator, *, budget: int, subnets_per
                max_concurrent_trials: int, storage_path: str | Path,
                objectives: Sequence[Objective], constraints: Sequence[Constraint] = (),
                on_records: Callable[[list[dict]], None] | None = None,
-               trial_cpus: float = 0.5, name: str = "search", resume: bool = False,
+               name: str = "search", resume: bool = False,
                prior: Sequence[dict[str, Any]] = ()) -> SearchOutcome:
     """Evaluate ``budget`` subnets proposed by ``searcher`` through Ray Tune.
 
@@ -219,14 +237,15 @@ def run_search(searcher: AskTellSearcher, evaluator, *, budget: int, subnets_per
                                         log_dir / f"{name}.evaluations.jsonl", on_records,
                                         prior)
     trainable = tune.with_resources(
-        tune.with_parameters(_evaluate_batch, evaluator=evaluator), {"cpu": trial_cpus}
-    )
+        tune.with_parameters(_evaluate_batch, evaluator=evaluator), TRIAL_RESOURCES)
+    slots = len(evaluator) if isinstance(evaluator, list) else 1
     try:
         if resume:
             tuner = tune.Tuner.restore(key, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
-            tuner = _new_tuner(trainable, BatchSearcher(searcher, budget, subnets_per_trial),
+            tuner = _new_tuner(trainable, BatchSearcher(searcher, budget, subnets_per_trial,
+                                                        slots=slots),
                                budget, max_concurrent_trials, storage, name, collector)
         t0 = time.perf_counter()
         grid = tuner.fit()

@@ -85,21 +85,30 @@ def _steps(client, run_id: str, metric: str) -> list[int]:
 
 
 def _rows(path: Path) -> list[dict]:
-    """The table's rows, read through one handle while a driver may be replacing the file
-    (by name, pyarrow can read the footer of one version and the pages of the next)."""
-    if not path.is_file():
-        return []
-    with open(path, "rb") as f:
-        return pq.read_table(f).to_pylist()
+    """The table's rows as stored, repeats included: its file, then the parts a running
+    search appends (``raynas.search.results``), each read through one handle (by name,
+    pyarrow can read the footer of one version of a file and the pages of the next)."""
+    from raynas.search.results import parts_dir
+
+    rows = []
+    for file in [path] * path.is_file() + sorted(parts_dir(path).glob("*.parquet")):
+        try:
+            with open(file, "rb") as f:
+                rows += pq.read_table(f).to_pylist()
+        except FileNotFoundError:  # a part the finishing search folded into the file
+            pass
+    return rows
 
 
-def _search(cluster, mlflow_server, trained, tmp_path: Path, budget: int, experiment: str):
+def _search(cluster, mlflow_server, trained, tmp_path: Path, budget: int, experiment: str,
+            *overrides: str):
     """``raynas search`` of the trained checkpoint, 4 subnets per Tune trial, started."""
     out, log = tmp_path / "out", tmp_path / "search.log"
     proc = _raynas(cluster, mlflow_server,
                    ["search", SMOKE, "--checkpoint", str(trained["out"] / "checkpoint"),
                     f"search.budget={budget}", "search.subnets_per_trial=4",
-                    f"tracking.experiment={experiment}", "--output-dir", str(out)], log)
+                    f"tracking.experiment={experiment}", *overrides,
+                    "--output-dir", str(out)], log)
     return proc, out, log
 
 
@@ -275,25 +284,34 @@ def test_killed_train_worker_resumes_from_the_latest_checkpoint(killed_training,
     assert (killed_training["out"] / "checkpoint" / "supernet.pt").is_file()
 
 
-def test_killed_evaluator_restarts_and_every_subnet_is_evaluated_once(
+def test_killed_evaluator_of_a_pool_restarts_and_every_subnet_is_evaluated_once(
         cluster, mlflow_server, client, killed_training, tmp_path):
+    """A pool of two evaluators; one is killed mid-search. Ray restarts it (reloading the
+    checkpoint) and retries the batch it was serving; the other keeps scoring; every subnet
+    is in the results once, latency timed by the one shared meter throughout."""
     proc, out, log = _search(cluster, mlflow_server, killed_training, tmp_path, 64,
-                             "evaluator-failure")
+                             "evaluator-failure", "search.evaluators=2")
     try:
         _wait_rows(out, 8)
-        (actor,) = cluster.actors("EvaluatorActor")
-        os.kill(actor["pid"], signal.SIGKILL)
+        pool = cluster.actors("EvaluatorActor")
+        assert len(pool) == 2
+        victim = pool[0]
+        os.kill(victim["pid"], signal.SIGKILL)
         _finish(proc, log)
     finally:
         if proc.poll() is None:
             proc.kill()
     rows = _rows(out / "evaluations.parquet")
     assert len(rows) == 64 and len({r["arch_key"] for r in rows}) == 64
-    (after,) = [a for a in cluster.list("actors") if a["actor_id"] == actor["actor_id"]]
+    assert {r["evaluator"] for r in rows} == {0, 1}  # both evaluators scored subnets
+    assert len({r["latency_node"] for r in rows}) == 1  # one meter timed every subnet
+    (after,) = [a for a in cluster.list("actors") if a["actor_id"] == victim["actor_id"]]
     assert int(after["num_restarts"]) >= 1  # the same actor, restarted after the kill
+    assert "2 evaluators" in log.read_text()
     (run,) = _runs(client, "evaluator-failure", "search")
     assert run.info.status == "FINISHED"
     assert run.data.metrics["evaluated"] == 64 and run.data.metrics["unique_subnets"] == 64
+    assert run.data.metrics["evaluators"] == 2
     assert _steps(client, run.info.run_id, "subnet_accuracy") == list(range(64))
 
 

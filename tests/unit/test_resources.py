@@ -69,12 +69,17 @@ def test_strict_spread_needs_nodes_the_embedded_ray_does_not_have(tmp_path):
            "train")
 
 
-def test_an_evaluator_that_leaves_no_cpu_for_a_trial(tmp_path):
-    # 2 CPUs for the evaluator and none left for a Tune trial: the search would never run.
-    with pytest.raises(ResourceError, match=r"search.evaluator.num_cpus = 2 .*asks for "
-                                            r"2.5 CPU"):
-        _check(_job(tmp_path, "search.evaluator.num_cpus=2"), "search")
-    _check(_job(tmp_path, "search.evaluator.num_cpus=1.5"), "search")
+def test_evaluators_asking_for_more_cpus_than_ray_has(tmp_path):
+    # A Tune trial only waits on an evaluator (memory, no CPU): the evaluators may take
+    # every CPU, and no more.
+    _check(_job(tmp_path, "search.evaluator.num_cpus=2"), "search")
+    with pytest.raises(ResourceError, match=r"search.evaluator.num_cpus = 3 .*asks for "
+                                            r"3 CPU"):
+        _check(_job(tmp_path, "search.evaluator.num_cpus=3"), "search")
+    with pytest.raises(ResourceError, match=r"num_cpus = 1.5 for each of search.evaluators"
+                                            r" = 2 evaluator actors.*asks for 3 CPU"):
+        _check(_job(tmp_path, "search.evaluator.num_cpus=1.5", "search.evaluators=2"),
+               "search")
 
 
 def test_a_latency_target_the_embedded_ray_does_not_declare(tmp_path):

@@ -11,7 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from raynas.errors import ConfigError
-from raynas.search.results import read_records, records_to_table, write_records
+from raynas.search.results import (
+    append_records,
+    parts_dir,
+    read_records,
+    records_to_table,
+    write_records,
+)
 from raynas.space import Arch
 
 
@@ -147,3 +153,34 @@ def test_deploy_budgets_parse_and_label():
     for bad in ("params<=", "params<=1,,2", "size<=3", "1,1"):
         with pytest.raises(ConfigError, match="--budgets"):
             parse_budgets(bad, known)
+
+
+def test_a_growing_table_appends_parts_and_reads_as_one(tmp_path, digits_space):
+    path = tmp_path / "evaluations.parquet"
+    records = list({Arch(r["arch"]).key: r for r in _records(digits_space, n=60)}.values())
+    first, rest = records[:10], records[10:]
+    write_records(path, first, digits_space)  # a resumed search starts from a file
+    for start in range(10, len(records), 8):  # then appends a part per batch
+        append_records(path, records[start:start + 8], digits_space, start)
+    parts = sorted(parts_dir(path).glob("*.parquet"))
+    assert [p.name for p in parts][:2] == ["000000010.parquet", "000000018.parquet"]
+    # Each batch writes only its own rows: the file still holds the first 10.
+    assert pq.read_table(path).num_rows == 10
+    assert sum(pq.read_table(p).num_rows for p in parts) == len(rest)
+    back = read_records(path)
+    assert [r["arch"] for r in back] == [r["arch"] for r in records]  # in row order
+    assert [r["accuracy"] for r in back] == [r["accuracy"] for r in records]
+    # Written whole at the end: one file, the parts gone, the same rows.
+    write_records(path, back, digits_space)
+    assert not parts_dir(path).exists()
+    assert [r["arch"] for r in read_records(path)] == [r["arch"] for r in records]
+
+
+def test_parts_alone_read_and_a_row_in_file_and_part_counts_once(tmp_path, digits_space):
+    path = tmp_path / "evaluations.parquet"
+    records = _records(digits_space, n=6)
+    append_records(path, records[:3], digits_space, 0)  # no file yet: a search's first batch
+    assert [r["arch"] for r in read_records(path)] == [r["arch"] for r in records[:3]]
+    # A search finishing: the whole table written as one file, its parts not yet removed.
+    pq.write_table(records_to_table(records[:3], digits_space), path)
+    assert [r["arch"] for r in read_records(path)] == [r["arch"] for r in records[:3]]

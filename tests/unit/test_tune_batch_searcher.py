@@ -96,3 +96,20 @@ def test_state_round_trip_keeps_progress():
     assert other.suggested == 3
     assert len(other.suggest("t1")["archs"]) == 3
     assert other.suggest("t2") is Searcher.FINISHED
+
+
+def test_each_batch_goes_to_the_evaluator_with_the_fewest_batches_in_flight():
+    space = load_space("tiny_cnn")
+    distinct = list(dict.fromkeys(space.sample(i) for i in range(200)))
+    bs = BatchSearcher(Scripted(space, distinct), budget=40, batch_size=2, slots=2)
+    configs = {f"t{i}": bs.suggest(f"t{i}") for i in range(4)}
+    assert [c["slot"] for c in configs.values()] == [0, 1, 0, 1]
+    # Evaluator 1 finishes both of its batches: the next two go to it, not round robin.
+    _complete(bs, "t1", configs["t1"])
+    _complete(bs, "t3", configs["t3"])
+    assert [bs.suggest("t4")["slot"], bs.suggest("t5")["slot"]] == [1, 1]
+    assert bs.suggest("t6")["slot"] == 0  # now 2 and 2 in flight: the first
+    # A resumed search keeps which evaluator each unfinished trial was sent to.
+    again = BatchSearcher(Scripted(space, distinct), budget=40, batch_size=2, slots=2)
+    again.set_state(bs.get_state())
+    assert again.suggest("t7")["slot"] == 1
