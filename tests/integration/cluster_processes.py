@@ -143,8 +143,19 @@ class RayCluster:
                                             stdout=log, stderr=subprocess.STDOUT,
                                             env=self.env, cwd=self.root)
 
-    def start_head(self, num_cpus: int, resources: dict[str, float] | None = None) -> str:
+    def start_head(self, num_cpus: int, resources: dict[str, float] | None = None,
+                   autoscaling: dict | None = None) -> str:
+        """``autoscaling``: a cluster config (``available_node_types`` and the rest) for Ray's
+        autoscaler with its fake node provider, which starts and stops worker nodes on this
+        machine as the cluster's demand asks (``fake_autoscaling_config``)."""
         gcs, dash, client, agent = free_ports(4)
+        extra = []
+        if autoscaling is not None:
+            config = dict(autoscaling, provider={**autoscaling["provider"],
+                                                 "gcs_address": f"127.0.0.1:{gcs}"})
+            (self.root / "autoscaling.json").write_text(json.dumps(config))
+            extra = [f"--autoscaling-config={self.root / 'autoscaling.json'}"]
+            self.env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
         self.gcs = f"127.0.0.1:{gcs}"
         self.dashboard = f"http://127.0.0.1:{dash}"
         # A short temp dir: Ray's socket paths must stay under the OS limit.
@@ -155,7 +166,7 @@ class RayCluster:
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
             "--ray-client-server-port", str(client), "--dashboard-agent-listen-port",
             str(agent), "--num-cpus", str(num_cpus), "--temp-dir", str(self.temp_dir),
-            "--disable-usage-stats", *_resources(resources)])
+            "--disable-usage-stats", *_resources(resources), *extra])
         return self._wait_node("head", head=True)
 
     def add_node(self, name: str, num_cpus: int,
@@ -244,3 +255,23 @@ class RayCluster:
 
 def _resources(resources: dict[str, float] | None) -> list[str]:
     return ["--resources", json.dumps(resources)] if resources else []
+
+
+def fake_autoscaling_config(node_types: dict[str, dict], head: dict[str, float],
+                            idle_timeout_minutes: float, max_workers: int) -> dict:
+    """A config for Ray's fake multi-node provider: ``node_types`` (name -> ``resources``,
+    ``min_workers``, ``max_workers``) start as real raylets on this machine."""
+    types = {name: {"resources": t["resources"], "node_config": {},
+                    "min_workers": t.get("min_workers", 0), "max_workers": t["max_workers"]}
+             for name, t in node_types.items()}
+    types["ray.head.default"] = {"resources": head, "node_config": {}, "max_workers": 0}
+    return {"cluster_name": "raynas-test", "max_workers": max_workers,
+            "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
+                         "disable_node_updaters": True, "disable_launch_config_check": True},
+            "available_node_types": types, "head_node_type": "ray.head.default", "auth": {},
+            "upscaling_speed": 1.0, "idle_timeout_minutes": idle_timeout_minutes,
+            "docker": {}, "initialization_commands": [], "setup_commands": [],
+            "head_setup_commands": [], "worker_setup_commands": [],
+            "head_start_ray_commands": [], "worker_start_ray_commands": [],
+            "file_mounts": {}, "cluster_synced_files": [],
+            "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": []}
