@@ -213,10 +213,10 @@ class OptunaSearcher(AskTellSearcher):
 @register_searcher("optuna_nsga2")
 def _nsga2(space, objectives, constraints=(), seed=0,
            population_size: int = 32, **unknown):
-    import optuna
+    from raynas.search.nsga2 import NSGAIISampler
 
     check_options("optuna_nsga2", unknown, ["population_size"])
-    sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
+    sampler = NSGAIISampler(population_size=population_size, seed=seed)
     return OptunaSearcher(space, sampler, objectives, constraints, seed)
 
 

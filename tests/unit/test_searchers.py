@@ -198,3 +198,28 @@ def test_a_searcher_registers_through_an_entry_point(tmp_path, monkeypatch, tiny
     assert "my_random" in searcher_names()
     s = create_searcher("my_random", space=tiny_space, objectives=ACC_LAT, seed=1)
     assert isinstance(s, RandomSearcher) and tiny_space.contains(s.ask()[1])
+
+
+def test_nsga2_remembers_parents_and_asks_as_optuna_does(digits_space):
+    """raynas's NSGA-II sampler keeps each generation's parents instead of rescanning the
+    study per ask: the same asks as Optuna's own sampler, over many generations, and no more
+    than two generations kept."""
+    import optuna
+
+    from raynas.search.nsga2 import NSGAIISampler
+    from raynas.search.searchers import OptunaSearcher
+
+    def asks(sampler, n=160):
+        searcher = OptunaSearcher(digits_space, sampler, ACC_LAT, seed=5)
+        out = []
+        for _ in range(n):
+            token, arch = searcher.ask()
+            out.append(arch)
+            searcher.tell(token, _objective(arch))
+        return out, sampler
+
+    ours, sampler = asks(NSGAIISampler(population_size=8, seed=5))
+    theirs, _ = asks(optuna.samplers.NSGAIISampler(population_size=8, seed=5))
+    assert ours == theirs  # 20 generations of 8
+    assert 1 <= len(sampler._raynas_parents) <= 2
+    assert max(g for _, g in sampler._raynas_parents) >= 18
