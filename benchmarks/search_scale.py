@@ -81,6 +81,7 @@ def main() -> int:
     ap.add_argument("--mode", choices=("replay", "live"), default="replay")
     ap.add_argument("--n", type=int, default=None, help="subnets (replay 5,000, live 2,000)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--searcher", default="optuna_nsga2")
     args = ap.parse_args()
     n = args.n or (5000 if args.mode == "replay" else 2000)
     stretch = min(1000, n // 2)
@@ -140,7 +141,7 @@ def main() -> int:
                         stop_meter(space, cfg.latency)
 
                 what = f"evaluator pool of {size} on an untrained checkpoint"
-            searcher = create_searcher("optuna_nsga2", space=space, objectives=OBJECTIVES,
+            searcher = create_searcher(args.searcher, space=space, objectives=OBJECTIVES,
                                        constraints=(), seed=args.seed, population_size=32)
             t_start = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):
@@ -166,14 +167,17 @@ def main() -> int:
     book_first = [s for k, s in bookkeeping if k <= stretch]
     book_last = [s for k, s in bookkeeping if k > n - stretch]
     ratio = last / first
-    path = write_json(f"{NAME}_{args.mode}", {
+    asks = getattr(getattr(searcher, "study", None), "trials", None)
+    path = write_json(f"{NAME}_{args.mode}"
+                      + ("" if args.searcher == "optuna_nsga2" else f"_{args.searcher}"), {
         "machine": machine_info(1),
         "setup": {"space": space.name, "n_subnets": n, "mode": args.mode, "evaluator": what,
-                  "searcher": "optuna_nsga2", "population_size": 32, "subnets_per_trial": 16,
+                  "searcher": args.searcher, "population_size": 32, "subnets_per_trial": 16,
                   "seed": args.seed, "stretch": stretch, "ray_num_cpus": 2,
                   "bookkeeping": "append_records part + one MLflow log_batch per batch "
                                  "(SQLite store), incremental front, progress line"},
         "wall_s": wall, "front_size": len(outcome.front),
+        "asks": len(asks) if asks is not None else None,
         "first_s_per_subnet": first, "last_s_per_subnet": last, "last_over_first": ratio,
         "bookkeeping_ms_per_batch": {
             "first": 1000 * statistics.median(book_first),
@@ -181,7 +185,7 @@ def main() -> int:
         "goal_max": GOAL, "met": ratio <= GOAL, "loadavg_at_end": list(os.getloadavg()),
     })
     print(f"wrote {path}")
-    print(f"search_scale {args.mode} N={n}: {wall:.0f} s; first {stretch} subnets "
+    print(f"search_scale {args.mode} {args.searcher} N={n}: {wall:.0f} s; first {stretch} subnets "
           f"{1000 * first:.1f} ms each, last {stretch} {1000 * last:.1f} ms -> "
           f"{ratio:.2f}x (goal <= {GOAL}: {'met' if ratio <= GOAL else 'MISSED'}); "
           f"bookkeeping per batch {1000 * statistics.median(book_first):.1f} ms first, "
