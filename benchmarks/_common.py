@@ -28,6 +28,16 @@ OBJECTIVES = (Objective("accuracy", "max"), Objective("latency_ms", "min"))
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def quickstart(overrides: Sequence[str] = ()):
+    """``jobs/quickstart.yaml`` (with ``overrides``) and its space, digits_cnn: what the
+    search benchmarks run."""
+    from raynas.config import load_config
+    from raynas.space import SearchSpace
+
+    cfg = load_config(ROOT / "jobs" / "quickstart.yaml", list(overrides))
+    return SearchSpace.load(ROOT / "search_spaces" / "digits_cnn.yaml"), cfg
+
+
 def raynas_exe() -> list[str]:
     """The ``raynas`` command of this Python's environment (a benchmark runs it as a user
     would, in a subprocess)."""

@@ -34,17 +34,14 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
-from _common import OBJECTIVES, ROOT, fmt, machine_info, summarize, write_json
+from _common import OBJECTIVES, fmt, machine_info, quickstart, summarize, write_json
 from search_throughput import ReplaySearcher, brief
 
 from raynas.checkpoint import save_checkpoint
-from raynas.config import build_config
 from raynas.evaluation.actor import create_evaluator_pool, stop_evaluator_actor
 from raynas.latency.remote import meter_actor, stop_meter
 from raynas.pipeline.latency import distinct_archs
 from raynas.runtime import ray_session
-from raynas.space import SearchSpace
 from raynas.supernets import create_supernet
 
 NAME = "evaluator_pool"
@@ -94,9 +91,7 @@ def main() -> int:
     args = ap.parse_args()
 
     machine = machine_info(1)  # each evaluator sets torch threads to evaluator.num_cpus = 1
-    space = SearchSpace.load(ROOT / "search_spaces" / "digits_cnn.yaml")
-    job = ROOT / "jobs" / "quickstart.yaml"
-    cfg = build_config(yaml.safe_load(job.read_text()), str(job), base_dir=job.parent)
+    space, cfg = quickstart()
     archs = distinct_archs(space, args.n, args.seed)
     reps: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="raynas-bench-") as tmp:

@@ -35,10 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from _common import OBJECTIVES, ROOT, machine_info, write_json
+from _common import OBJECTIVES, machine_info, quickstart, write_json
 
-from raynas.config import build_config
 from raynas.runtime import ray_session
 from raynas.search.registry import create_searcher
 from raynas.search.results import append_records, read_records
@@ -86,12 +84,9 @@ def main() -> int:
     n = args.n or (5000 if args.mode == "replay" else 2000)
     stretch = min(1000, n // 2)
 
-    space = SearchSpace.load(ROOT / "search_spaces" / "digits_cnn.yaml")
-    job = ROOT / "jobs" / "quickstart.yaml"
+    space, cfg = quickstart([f"search.budget={n}"])
     with tempfile.TemporaryDirectory(prefix="raynas-bench-") as tmp:
         tmp = Path(tmp)
-        cfg = build_config(yaml.safe_load(job.read_text()), str(job), base_dir=job.parent,
-                           overrides=[f"search.budget={n}"])
         arrivals: list[tuple[float, int]] = []  # (driver clock, records so far)
         bookkeeping: list[tuple[int, float]] = []  # (records so far, seconds it took)
         table = tmp / "evaluations.parquet"
@@ -157,10 +152,7 @@ def main() -> int:
 
     def cost(lo: int, hi: int) -> float:
         """Seconds per subnet between the arrivals that crossed ``lo`` and ``hi`` records."""
-        t_lo = next(t for t, k in arrivals if k >= lo)
-        t_hi = next(t for t, k in arrivals if k >= hi)
-        k_lo = next(k for t, k in arrivals if k >= lo)
-        k_hi = next(k for t, k in arrivals if k >= hi)
+        (t_lo, k_lo), (t_hi, k_hi) = (next(a for a in arrivals if a[1] >= k) for k in (lo, hi))
         return (t_hi - t_lo) / (k_hi - k_lo)
 
     first, last = cost(0, stretch), cost(n - stretch, n)

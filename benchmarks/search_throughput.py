@@ -32,17 +32,14 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
-from _common import OBJECTIVES, ROOT, fmt, machine_info, summarize, write_json
+from _common import OBJECTIVES, fmt, machine_info, quickstart, summarize, write_json
 
 from raynas.checkpoint import save_checkpoint
-from raynas.config import build_config
 from raynas.evaluation.actor import create_evaluator_actor, evaluator_args, stop_evaluator_actor
 from raynas.evaluation.evaluator import Evaluator
 from raynas.pipeline.latency import distinct_archs
 from raynas.runtime import ray_session
 from raynas.search.searchers import AskTellSearcher
-from raynas.space import SearchSpace
 from raynas.supernets import create_supernet
 
 NAME = "search_throughput"
@@ -189,12 +186,11 @@ def main() -> int:
     args = ap.parse_args()
 
     machine = machine_info(1)  # the Evaluator sets torch threads to evaluator.num_cpus = 1
-    space = SearchSpace.load(ROOT / "search_spaces" / "digits_cnn.yaml")
-    job = ROOT / "jobs" / "quickstart.yaml"
-    cfg = build_config(yaml.safe_load(job.read_text()), str(job), base_dir=job.parent)
+    space, cfg = quickstart()
     archs = distinct_archs(space, args.n, args.seed)
     warm_archs = distinct_archs(space, args.n + 16, args.seed + 1)[:16]
-    spt, concurrent = cfg.search.subnets_per_trial, cfg.search.max_concurrent_trials
+    # One evaluator actor: search.max_concurrent_trials' default gives it 2 trials at once.
+    spt, concurrent = cfg.search.subnets_per_trial, cfg.search.max_concurrent_trials or 2
     assert (spt, concurrent) == (16, 2), (spt, concurrent)
     threads = max(1, int(cfg.search.evaluator.num_cpus))
 
