@@ -24,7 +24,7 @@ from raynas.nn import (
     expert_loads,
     load_entropy,
 )
-from raynas.nn.moe import BLOCK, _activate, moe_experts, padded_rows
+from raynas.nn.moe import BLOCK, MIN_BLOCK, _activate, block_size, moe_experts, padded_rows
 
 # torch.jit.trace / script are deprecated in torch 2.13; raynas.export still uses trace.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
@@ -349,3 +349,22 @@ def test_load_entropy():
         m.router.bias[2] = 100.0
         m(torch.randn(40, 6))
     assert load_entropy(m.last_load) == 0.0
+
+
+def test_few_tokens_take_smaller_blocks_with_the_same_result():
+    """An eager forward over few tokens pads each expert's run to a smaller block (a 23-frame
+    utterance, top-2 of 8 experts: 46 assignments, 512 rows at 64 a block, 160 at 16); the
+    output is the plain reference's whatever the block, and FLOPs count the rows run."""
+    assert [block_size(t, 8, 2) for t in (23, 46, 100, 400, 4000)] == [16, 16, 32, 64, 64]
+    assert block_size(1, 8, 2) == MIN_BLOCK and padded_rows(23, 8, 2, 16) == 160
+    m = MoEFeedForward(64, 8, 32, 2, act="silu").eval()
+    x = torch.randn(1, 23, 64)
+    with torch.no_grad():
+        eager = m(x)
+        _assert_close(eager, _reference(m, x), "eager")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(m, (x,), check_trace=False)  # BLOCK rows: any length
+        y = torch.randn(3, 40, 64)
+        _assert_close(traced(y), _reference(m, y), "traced")
+    assert m.matmul_flops((x,), None) == 4 * 160 * 64 * 32
