@@ -42,8 +42,9 @@ class DataConfig(_Section):
     name: str = Field("digits", description="a dataset of the job's task: digits, "
                       "cluttered_digits, parquet, image_folder (classification); "
                       "generated_tagging, parquet_tagging (tagging); stdlib_text, parquet_text "
-                      "(masked_lm); or a user's, registered "
-                      "under raynas.datasets")
+                      "(masked_lm); generated_translation, parquet_translation (translation); "
+                      "generated_speech, wav_folder, parquet_speech (speech_recognition); or a "
+                      "user's, registered under raynas.datasets")
     path: str | None = Field(None, description="file or folder of datasets that read one")
     options: dict[str, Any] = Field(default_factory=dict, description="the dataset's own "
                                     "settings, e.g. {label_column: target} for parquet")
@@ -301,7 +302,7 @@ class JobConfig(_Section):
     output_dir: str | None = None
     task: ComponentField | None = Field(
         None, description="the task the family's models learn: classification, tagging, masked_lm, "
-        "or "
+        "translation, speech_recognition, or "
         "a user's under raynas.tasks (default: the family's first task)")
     data: DataConfig = DataConfig()
     weights: ComponentField = Field(

@@ -15,4 +15,5 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
     "hardswish": F.hardswish,
     "relu": F.relu,
+    "silu": F.silu,  # swish: the Conformer's
 }

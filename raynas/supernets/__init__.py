@@ -20,7 +20,7 @@ from torch import nn
 
 from raynas.errors import ConfigError
 from raynas.registry import Registry
-from raynas.space import Arch, SearchSpace
+from raynas.space import Arch, IntRange, SearchSpace
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,24 @@ def positive_settings(model: Mapping[str, Any], keys: tuple[str, ...], where: st
                               f"{value!r}")
 
 
+def check_layer_dims(space: SearchSpace, family: str, depth: str, required: tuple[str, ...],
+                     moe: Mapping[str, int] | None) -> None:
+    """The checks families with a depth and per-layer dims share: every ``required`` dim is
+    declared, ``depth`` is an int dimension from 1, and an ``experts`` dim lies within
+    ``model.moe``'s ``top_k..experts``."""
+    where = f"space {space.name!r}"
+    for name in (depth, *required):
+        if name not in space.names:
+            raise ConfigError(f"{where}: family {family!r} needs dimension {name!r}")
+    if not isinstance(space.dim(depth), IntRange) or space.dim(depth).low < 1:
+        raise ConfigError(f"{where}: {depth} must be an int dimension with low >= 1")
+    if "experts" in space.names:
+        values = space.dim("experts").values
+        if moe is None or max(values) > moe["experts"] or min(values) < moe["top_k"]:
+            raise ConfigError(f"{where}: experts values {list(values)} must lie in "
+                              "model.moe's top_k..experts")
+
+
 def activation_setting(model: Mapping[str, Any], default: str, where: str) -> str:
     """``model.activation`` (``default`` when absent), checked against ``raynas.nn``'s."""
     from raynas.nn import ACTIVATIONS
@@ -75,6 +93,7 @@ def _load_builtin() -> None:
     from raynas.supernets import (  # noqa: F401
         bert,
         cnn,
+        conformer,
         resnet20_pool,
         seq_conv,
         transformer_mt,

@@ -53,8 +53,14 @@ from raynas.nn import (
     SubnetDropout,
 )
 from raynas.nn.moe import moe_settings
-from raynas.space import Arch, Choice, IntRange, PerLayer, SearchSpace
-from raynas.supernets import Family, activation_setting, positive_settings, register_family
+from raynas.space import Arch, Choice, PerLayer, SearchSpace
+from raynas.supernets import (
+    Family,
+    activation_setting,
+    check_layer_dims,
+    positive_settings,
+    register_family,
+)
 
 _LAYER_DIMS = ("heads", "ffn")
 
@@ -75,11 +81,7 @@ def dim_names(model: Mapping[str, Any]) -> set[str]:
 def _check(space: SearchSpace) -> dict[str, Any]:
     where = f"space {space.name!r}"
     s = _settings(space.model, where)
-    for name in ("layers", "hidden", *_LAYER_DIMS):
-        if name not in space.names:
-            raise ConfigError(f"{where}: family 'bert' needs dimension {name!r}")
-    if not isinstance(space.dim("layers"), IntRange) or space.dim("layers").low < 1:
-        raise ConfigError(f"{where}: layers must be an int dimension with low >= 1")
+    check_layer_dims(space, "bert", "layers", ("hidden", *_LAYER_DIMS), s["moe"])
     names = ["hidden", *_LAYER_DIMS] + (["experts"] if "experts" in space.names else [])
     for name in names:
         d = space.dim(name)
@@ -87,12 +89,6 @@ def _check(space: SearchSpace) -> dict[str, Any]:
         if not ok or not all(isinstance(v, int) and v > 0 for v in d.values):
             raise ConfigError(f"{where}: {name} must be a choice (or, except hidden, a "
                               "per_layer over 'layers') of positive integers")
-    if "experts" in space.names:
-        values = space.dim("experts").values
-        if s["moe"] is None or max(values) > s["moe"]["experts"] or \
-                min(values) < s["moe"]["top_k"]:
-            raise ConfigError(f"{where}: experts values {list(values)} must lie in "
-                              "model.moe's top_k..experts")
     if isinstance(space.dim("hidden"), PerLayer):
         raise ConfigError(f"{where}: hidden must be a choice (one width for every layer)")
     return s

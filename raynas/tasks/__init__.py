@@ -36,6 +36,8 @@ def _builtin() -> None:
         cluttered,
         mlm,
         parallel,
+        speech,
+        speech_data,
         tagging,
         translation,
     )

@@ -27,8 +27,9 @@ from raynas.tasks import build_task, example_args
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 # Spaces covered besides each family's smallest: a layer a family builds only on a model
-# setting (the MoE feed-forwards of bert and transformer_mt with model.moe).
-EXTRA_SPACES = ("bert_moe_tiny", "transformer_mt_moe_tiny")
+# setting (the MoE feed-forwards of bert and transformer_mt with model.moe), and conformer_tiny
+# (the smallest conformer space is conformer_moe_tiny): chunked, streaming decoding.
+EXTRA_SPACES = ("bert_moe_tiny", "transformer_mt_moe_tiny", "conformer_tiny")
 
 
 def _archs(space: SearchSpace):

@@ -120,7 +120,7 @@ def test_build_task_checks_the_family(repo_root):
                                           "classification"):
         build_task(cnn, {"name": "tagging"})
     with pytest.raises(ConfigError, match="task.name = 'speech': unknown task; choose one of "
-                                          "classification, masked_lm, tagging"):
+                                          "classification, masked_lm, speech_recognition, tagging"):
         build_task(cnn, {"name": "speech"})
     with pytest.raises(ConfigError, match="task.options.x = 1: unknown option"):
         build_task(cnn, {"name": "classification", "options": {"x": 1}})
@@ -171,6 +171,13 @@ def test_sample_sums_are_metric_sums_per_sample(name, repo_root):
         lengths = torch.tensor([t, 3, 8, 1, t - 2, 5])
         batch["targets"] = torch.where(torch.arange(t)[None] < lengths[:, None],
                                        batch["prev_tokens"].roll(-1, 1), IGNORE)
+        out = torch.randn(6, t, space.model["vocab_size"], generator=g)
+    elif name == "speech_recognition":  # transcripts of 1-4 units, CTC over the frames
+        from raynas.nn.conformer import subsampled_lengths
+
+        t = int(subsampled_lengths(batch["feats"].shape[1]))
+        batch["label_lengths"] = torch.tensor([4, 1, 3, 2, 4, 1])
+        batch["labels"] = torch.randint(1, space.model["vocab_size"], (6, 4), generator=g)
         out = torch.randn(6, t, space.model["vocab_size"], generator=g)
     else:
         batch["labels"] = torch.randint(0, space.model["num_classes"], (6,), generator=g)
