@@ -144,7 +144,7 @@ def test_entry_point_family_trains_in_ray_train_and_evaluates_in_the_actor(store
                     str(store["cwd"] / "plugin-missing")], store["cwd"], store["uri"],
                    check=False)
     assert proc.returncode == 2
-    assert ("unknown supernet family; choose one of bert, cnn, resnet20_pool, seq_conv, "
-            "transformer_mt, vit"
+    assert ("unknown supernet family; choose one of bert, cnn, conformer, resnet20_pool, "
+            "seq_conv, transformer_mt, vit"
             in proc.stderr)
     assert "Traceback" not in proc.stderr
