@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raynas.nn.attention import ElasticLayerNorm
+from raynas.nn.attention import ElasticFusedLinear, ElasticLayerNorm
 from raynas.nn.elastic import ElasticLinear, ElasticModule
 
 MIN_FRAMES = 7  # the shortest input the front end turns into one frame
@@ -157,8 +157,6 @@ class ElasticConvModule(nn.Module):
 
     def __init__(self, max_embed: int, max_kernel: int, causal: bool):
         super().__init__()
-        from raynas.nn.attention import ElasticFusedLinear
-
         self.causal, self.max_embed = causal, max_embed
         self.pointwise1 = ElasticFusedLinear(max_embed, (max_embed, max_embed))
         self.depthwise = ElasticDepthwiseConv1d(max_embed, max_kernel, causal)

@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from raynas.nn.conformer import subsampled_lengths
 from raynas.nn.seq2seq import attend, sinusoid
 
 
@@ -88,7 +89,7 @@ def stream(model, feats: torch.Tensor) -> torch.Tensor:
     if any(not b.conv.causal for b in model.blocks):
         raise ValueError("stream: the subnet's convolutions are not causal (model.causal)")
     state, c, out = StreamState(len(model.blocks)), model.chunk, []
-    total = ((feats.shape[1] - 1) // 2 - 1) // 2
+    total = subsampled_lengths(feats.shape[1])
     while state.offset < total:
         start = 4 * state.offset
         out.append(stream_chunk(model, feats[:, start:start + 4 * c + 3], state))
@@ -101,7 +102,7 @@ def prepare_final_chunk(model, feats: torch.Tensor) -> tuple[StreamState, torch.
     and the input frames the last one reads: what is left to compute once the speaker
     stops."""
     state, c = StreamState(len(model.blocks)), model.chunk
-    total = ((feats.shape[1] - 1) // 2 - 1) // 2
+    total = subsampled_lengths(feats.shape[1])
     while state.offset + c < total:
         start = 4 * state.offset
         stream_chunk(model, feats[:, start:start + 4 * c + 3], state)
